@@ -1,0 +1,1 @@
+"""Data pipeline stages: synthetic data, queries, teacher capture, dataset build, data quality."""

@@ -1,0 +1,1 @@
+"""Teacher capture: offline expert teacher, OpenAI-compatible client, local server, capture loop."""

@@ -1,0 +1,1 @@
+"""Evaluation of base student, fine-tuned student and teacher."""

@@ -1,0 +1,230 @@
+"""The ``fitsense`` command line. Thin: it parses options and calls stage entry functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from fitsense.config import ConfigError, Params, load_params
+from fitsense.pipeline import STAGE_NAMES, run_pipeline, run_stage
+from fitsense.runs import RunContext
+
+app = typer.Typer(help="FitSense Distill: distil a fitness-coaching teacher into a small student.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+teacher_app = typer.Typer(help="Teacher capture and the local OpenAI-compatible teacher server.", no_args_is_help=True)
+registry_app = typer.Typer(help="The MLflow model registry: lineage, promotion, rollback.", no_args_is_help=True)
+db_app = typer.Typer(help="Load generated data into SQL databases.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(registry_app, name="registry")
+app.add_typer(db_app, name="db")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", "-r", help="run ID (default: run.run_id in params)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override a param: key.sub=value")]
+
+
+def _params(params: Path, overrides: list[str] | None) -> Params:
+    try:
+        return load_params(params, overrides)
+    except ConfigError as exc:
+        typer.secho(f"config error:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _context(params: Path, run_id: str | None, overrides: list[str] | None) -> RunContext:
+    from fitsense.logs import configure_logging
+
+    p = _params(params, overrides)
+    configure_logging(extra_env_names=(p.teacher.api_key_env,))
+    return RunContext.create(p, run_id)
+
+
+def _run_stage(name: str, params: Path, run_id: str | None, overrides: list[str] | None) -> None:
+    ctx = _context(params, run_id, overrides)
+    result = run_stage(ctx, name)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: RunIdOpt = None,
+    set_: SetOpt = None,
+    start: Annotated[Optional[str], typer.Option("--from", help=f"first stage: {', '.join(STAGE_NAMES)}")] = None,
+    stop: Annotated[Optional[str], typer.Option("--to", help="last stage")] = None,
+    force: Annotated[bool, typer.Option(help="rerun stages even if complete")] = False,
+) -> None:
+    """Run the whole pipeline end to end (completed stages with the same params are skipped)."""
+    for name in (start, stop):
+        if name and name not in STAGE_NAMES:
+            typer.secho(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}", fg="red", err=True)
+            raise typer.Exit(2)
+    ctx = _context(params, run_id, set_)
+    run_pipeline(ctx, start=start, stop=stop, force=force)
+    from fitsense.summary import print_run_summary
+
+    print_run_summary(ctx)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGE_NAMES)}")],
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: RunIdOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run one stage (always reruns it). This is what dvc.yaml calls."""
+    if name not in STAGE_NAMES:
+        typer.secho(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    _run_stage(name, params, run_id, set_)
+
+
+@app.command()
+def synthetic(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Generate synthetic users, profiles, plans, workouts and daily logs (Parquet per table)."""
+    _run_stage("synthetic", params, run_id, set_)
+
+
+@app.command()
+def queries(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Build coaching queries (four kinds) with slice tags and constraints."""
+    _run_stage("queries", params, run_id, set_)
+
+
+@teacher_app.command("capture")
+def teacher_capture(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Capture validated teacher answers for every query (cached, resumable)."""
+    _run_stage("teacher", params, run_id, set_)
+
+
+@teacher_app.command("serve")
+def teacher_serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    latency_ms: Annotated[Optional[float], typer.Option(help="injected latency per request")] = None,
+    fault_rate: Annotated[Optional[float], typer.Option(help="share of requests that fail")] = None,
+) -> None:
+    """Serve the offline teacher as an OpenAI-compatible chat-completions endpoint."""
+    from fitsense.data.teacher.server import serve
+
+    p = _params(params, set_)
+    faults = p.teacher.faults.model_copy(
+        update={k: v for k, v in {"latency_ms": latency_ms, "rate": fault_rate}.items() if v is not None}
+    )
+    serve(p, host=host, port=port, faults=faults)
+
+
+@app.command()
+def dataset(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Build the distillation dataset: filter, de-duplicate, split by user, chat format."""
+    _run_stage("dataset", params, run_id, set_)
+
+
+@app.command()
+def quality(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Data quality: Great Expectations validation, stats, anomalies, drift, bias; fails the gate on errors."""
+    _run_stage("quality", params, run_id, set_)
+
+
+@app.command()
+def train(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Fine-tune the student with LoRA (QLoRA on a CUDA GPU)."""
+    _run_stage("training", params, run_id, set_)
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Evaluate base student, fine-tuned student and teacher on the test split."""
+    _run_stage("evaluation", params, run_id, set_)
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+    """Register the fine-tuned student in the MLflow model registry with its lineage."""
+    _run_stage("registry", params, run_id, set_)
+
+
+@registry_app.command("lineage")
+def registry_lineage(
+    version: Annotated[str, typer.Argument(help="model version number, or an alias such as champion")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Print the dataset run ID, manifest and data-quality reports behind a model version."""
+    from fitsense.registry.lineage import lineage
+
+    typer.echo(json.dumps(lineage(_params(params, set_), version), indent=2, default=str))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="model version to make champion")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="skip the promotion gate")] = False,
+) -> None:
+    """Move the champion alias to a version (after the promotion gate unless --force)."""
+    from fitsense.registry.register import promote
+
+    typer.echo(json.dumps(promote(_params(params, set_), version, force=force), indent=2, default=str))
+
+
+@registry_app.command("rollback")
+def registry_rollback(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Move the champion alias back to the previous champion."""
+    from fitsense.registry.register import rollback
+
+    typer.echo(json.dumps(rollback(_params(params, set_)), indent=2, default=str))
+
+
+@app.command()
+def ui(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, port: int = 5000) -> None:
+    """Start the MLflow UI on localhost for the configured tracking store."""
+    import subprocess
+
+    p = _params(params, set_)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", p.registry.tracking_uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(" ".join(cmd))
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@db_app.command("load")
+def db_load(
+    url: Annotated[str, typer.Option(help="SQLAlchemy URL; default sqlite in the run folder")] = "",
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: RunIdOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Load a generated synthetic run into SQLite (default) or PostgreSQL, enforcing the schema."""
+    from fitsense.data.sqlstore import load_run_into_database
+
+    ctx = _context(params, run_id, set_)
+    typer.echo(json.dumps(load_run_into_database(ctx, url or None), indent=2, default=str))
+
+
+@app.command("config")
+def config_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Validate the params file and print the effective configuration."""
+    p = _params(params, set_)
+    typer.echo(json.dumps(p.model_dump(mode="json"), indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        typer.secho(f"config error:\n{exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

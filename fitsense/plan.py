@@ -1,0 +1,131 @@
+"""The plan schema: the JSON every coach answer must follow.
+
+This is the single contract between the teacher (which writes it), data
+validation (which checks it), training (which teaches the student to write
+it) and evaluation (which scores it). Plans carry no weights: load is set by
+reps and RIR (reps in reserve), so a plan is safe for any strength level.
+
+Each exercise prescribes ``sets`` working sets of ``reps`` target reps at
+``rir`` target reps-in-reserve, with ``rest_s`` seconds rest between sets; the
+SQL loader expands that into one ``plan_sets`` row per set. The keys are short
+on purpose: the student is trained on this exact text, and every token counts
+on a CPU budget.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Name = Annotated[str, Field(min_length=1, max_length=80)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlannedExercise(_Strict):
+    name: Name  # a catalogue name (checked against the catalogue by the constraint checker)
+    sets: int = Field(ge=1, le=10)
+    reps: int = Field(ge=1, le=50)
+    rir: int = Field(ge=0, le=5)
+    rest_s: int = Field(ge=0, le=600)
+
+
+class PlanDay(_Strict):
+    day: int = Field(ge=1, le=7)  # order within the week
+    name: Name
+    exercises: list[PlannedExercise] = Field(min_length=1, max_length=12)
+
+
+class SafetyBlock(_Strict):
+    flags: list[str] = Field(default_factory=list)
+    referral_required: bool = False
+    reason: str | None = None
+
+
+class CoachAnswer(_Strict):
+    plan_name: Name
+    days: list[PlanDay] = Field(max_length=7)
+    notes: str = Field(default="", max_length=600)
+    safety: SafetyBlock = Field(default_factory=SafetyBlock)
+
+    @model_validator(mode="after")
+    def _plan_or_referral(self) -> "CoachAnswer":
+        if not self.days and not self.safety.referral_required:
+            raise ValueError("a plan without days must set safety.referral_required with a reason")
+        if self.safety.referral_required and not self.safety.reason:
+            raise ValueError("safety.reason is required when referral_required is true")
+        orders = [d.day for d in self.days]
+        if len(set(orders)) != len(orders):
+            raise ValueError(f"day numbers must be unique, got {orders}")
+        return self
+
+    def to_json(self) -> str:
+        """The canonical compact text form (what the teacher emits and the student learns)."""
+        return self.model_dump_json(exclude_none=True)
+
+
+def plan_json_schema() -> dict:
+    """JSON Schema of a coach answer, for prompts and for OpenAI structured output."""
+    return CoachAnswer.model_json_schema()
+
+
+class AnswerParseError(ValueError):
+    """A response that is not a schema-valid coach answer; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+
+
+def extract_json_text(text: str) -> str:
+    """Strip reasoning blocks and code fences, return the first balanced JSON object."""
+    text = _THINK.sub("", text)
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    start = text.find("{")
+    if start < 0:
+        raise AnswerParseError("no JSON object in the response")
+    depth, in_str, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1]
+    raise AnswerParseError("truncated JSON: unbalanced braces")
+
+
+def parse_coach_answer(text: str) -> CoachAnswer:
+    """Parse a raw model response into a validated CoachAnswer or raise AnswerParseError."""
+    raw = extract_json_text(text)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AnswerParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+    try:
+        return CoachAnswer.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise AnswerParseError(f"schema: {where}: {first['msg']}") from None

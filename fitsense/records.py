@@ -1,0 +1,97 @@
+"""Record contracts passed between stages (one JSON object per line in JSONL files).
+
+- ``CoachingQuery``: written by the query stage, read by the teacher.
+- ``TeacherRecord``: written by teacher capture, read by the dataset build and quality.
+- ``DistillRecord``: one example in a dataset split, read by training and evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+QueryKind = Literal["plan_creation", "plan_modification", "safety_adjustment", "progress_adaptation"]
+QUERY_KINDS: tuple[str, ...] = ("plan_creation", "plan_modification", "safety_adjustment", "progress_adaptation")
+
+# Slice tags every query carries; bias slicing and per-slice evaluation group by these.
+SLICE_TAGS: tuple[str, ...] = (
+    "age_band",
+    "sex",
+    "activity_level",
+    "experience",
+    "primary_goal",
+    "has_condition",
+    "has_injury",
+    "equipment_tier",
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessage(_Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class QueryConstraints(_Record):
+    """What a correct answer to one query must honour."""
+
+    days_per_week: int = Field(ge=1, le=7)
+    session_minutes: int = Field(ge=10, le=180)
+    max_exercises_per_day: int = Field(ge=1, le=12)
+    available_equipment: list[str]
+    avoid_exercises: list[str] = Field(default_factory=list)
+    rir_floor: int = Field(ge=0, le=5)
+    referral_required: bool = False
+
+
+class CoachingQuery(_Record):
+    query_id: str
+    user_id: int
+    kind: QueryKind
+    messages: list[ChatMessage]  # system + user
+    slices: dict[str, str]  # every key of SLICE_TAGS, values as strings
+    constraints: QueryConstraints
+    # Structured facts the prompt was written from (profile, current plan, recent
+    # workouts, new symptom...), for the offline teacher and for audits.
+    context: dict = Field(default_factory=dict)
+
+
+TeacherStatus = Literal["ok", "failed"]
+
+
+class TeacherRecord(_Record):
+    query_id: str
+    user_id: int
+    kind: QueryKind
+    teacher_model: str
+    status: TeacherStatus
+    response_text: str | None = None  # the raw final response (after repairs)
+    answer: dict | None = None  # the validated CoachAnswer as a dict, when status == "ok"
+    failure_reason: str | None = None
+    schema_valid: bool = False
+    constraint_violations: list[str] = Field(default_factory=list)
+    safety_flags: list[str] = Field(default_factory=list)
+    referral_required: bool = False
+    attempts: int = 0  # HTTP attempts including retries
+    repairs: int = 0  # repair prompts sent after invalid answers
+    latency_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cache_hit: bool = False
+
+
+class DistillRecord(_Record):
+    """One chat-format training example plus the metadata evaluation slices by."""
+
+    messages: list[ChatMessage]  # system, user, assistant
+    query_id: str
+    user_id: int
+    kind: QueryKind
+    slices: dict[str, str]
+    constraints: QueryConstraints
+    teacher_model: str

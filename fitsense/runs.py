@@ -1,0 +1,220 @@
+"""Run context, atomic artifact writes and stage manifests.
+
+Every pipeline run has a run ID; its artifacts live under
+``<artifacts_dir>/<run_id>/<stage>/``. A stage is complete when its
+``manifest.json`` exists: the manifest is written last and atomically, so a
+killed stage never looks complete. Files are written to a temporary sibling
+and renamed into place (``os.replace`` is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from pydantic import BaseModel
+
+from fitsense.config import Params
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage entry function receives: validated params and where the run lives."""
+
+    params: Params
+    run_id: str
+    artifacts_dir: Path
+
+    @classmethod
+    def create(cls, params: Params, run_id: str | None = None) -> "RunContext":
+        run_id = run_id or params.run.run_id
+        return cls(params=params, run_id=run_id, artifacts_dir=Path(params.run.artifacts_dir))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.artifacts_dir / self.run_id
+
+    def stage_dir(self, stage: str, create: bool = True) -> Path:
+        path = self.run_dir / stage
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self, stage: str) -> dict | None:
+        """The stage's manifest, or None when the stage has not completed in this run."""
+        path = self.run_dir / stage / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def require(self, stage: str, filename: str) -> Path:
+        """Path of an upstream artifact; a clear error when the upstream stage has not run."""
+        path = self.run_dir / stage / filename
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: run the '{stage}' stage for run '{self.run_id}' first "
+                f"(fitsense stage {stage} --run-id {self.run_id})"
+            )
+        return path
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file for writing; it replaces ``path`` (fsynced) only on success."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; swap it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_jsonable(obj: Any) -> Any:
+    return obj.model_dump(mode="json", exclude_none=True) if isinstance(obj, BaseModel) else obj
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    with atomic_open(path) as fh:
+        json.dump(_to_jsonable(data), fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    return Path(path)
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
+    """Write records (dicts or Pydantic models) as JSON lines, atomically; returns the count."""
+    n = 0
+    with atomic_open(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(_to_jsonable(rec), sort_keys=True, ensure_ascii=False, separators=(",", ":")))
+            fh.write("\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
+    """Read JSON lines; a bad line raises ValueError naming the file and line number."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                out.append(model.model_validate(obj) if model else obj)
+            except Exception as exc:  # json or pydantic: report where
+                raise ValueError(f"{path}:{lineno}: invalid record: {exc}") from None
+    return out
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_sha256(path: str | Path) -> str:
+    """Hash of a file, or of a directory's relative paths and file contents."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the code (with -dirty), or the package version outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=here, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        if rev:
+            return rev
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from fitsense import __version__
+
+    return __version__
+
+
+def write_manifest(
+    ctx: RunContext,
+    stage: str,
+    outputs: dict[str, str | Path],
+    rows: dict[str, int] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """Record a finished stage: output hashes, row counts, params hash, code version.
+
+    Written last, so its presence means the stage completed.
+    """
+    stage_dir = ctx.stage_dir(stage)
+    manifest = {
+        "stage": stage,
+        "run_id": ctx.run_id,
+        "params_hash": ctx.params.section_hash(),
+        "code_version": code_version(),
+        "outputs": {
+            name: {"path": str(Path(p).relative_to(stage_dir)) if Path(p).is_relative_to(stage_dir) else str(p),
+                   "sha256": tree_sha256(p)}
+            for name, p in outputs.items()
+        },
+        "rows": rows or {},
+        **(extra or {}),
+    }
+    write_json(stage_dir / MANIFEST, manifest)
+    return manifest

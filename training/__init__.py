@@ -1,0 +1,1 @@
+"""Student training: LoRA / QLoRA fine-tuning with TRL and PEFT."""
