@@ -135,6 +135,7 @@ class QualityConfig(_Section):
     max_quality_gap: float = Field(default=0.15, ge=0, le=1)
     fail_on_bias: bool = False  # bias flags warn by default; set true to make them a gate
     fail_on_drift: bool = False
+    min_train_examples: int = Field(default=20, ge=0)  # the gate fails below this many training rows
 
 
 class LoraConfig(_Section):
