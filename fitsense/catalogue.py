@@ -118,7 +118,7 @@ CATALOGUE: tuple[Exercise, ...] = (
     _ex("Side Plank", "core", "core", ["bodyweight"], ["shoulder"], compound=False),
     _ex("Dead Bug", "core", "core", ["bodyweight"], ["supine_after_first_trimester"], compound=False),
     _ex("Bird Dog", "core", "core", ["bodyweight"], [], compound=False),
-    _ex("Crunch", "core", "core", ["bodyweight"], ["spinal_flexion", "neck", "supine_after_first_trimester"], compound=False),
+    _ex("Crunch", "core", "core", ["bodyweight"], ["spinal_flexion", "supine_after_first_trimester"], compound=False),
     _ex("Pallof Press", "core", "core", ["resistance_bands"], [], compound=False),
     _ex("Farmer's Carry", "full_body", "carry", ["dumbbells"], ["lower_back"]),
     # calves

@@ -1,0 +1,176 @@
+"""Core contracts: the plan schema parser, the constraint checker, atomic writes, resume fingerprints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fitsense.catalogue import BY_NAME, CATALOGUE, EQUIPMENT, exercises_to_avoid, usable_exercises
+from fitsense.config import load_params
+from fitsense.constraints import check_answer, violation_code
+from fitsense.pipeline import STAGE_NAMES, fingerprint, get_stage
+from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
+from fitsense.records import QueryConstraints
+from fitsense.runs import RunContext, atomic_open, read_jsonl, write_jsonl, write_manifest
+
+
+def _answer(**overrides) -> dict:
+    answer = {
+        "plan_name": "Home strength",
+        "days": [
+            {"day": 1, "name": "Full body A", "exercises": [
+                {"name": "Goblet Squat", "sets": 3, "reps": 8, "rir": 2, "rest_s": 120},
+                {"name": "Push-Up", "sets": 3, "reps": 10, "rir": 2, "rest_s": 60},
+            ]},
+            {"day": 3, "name": "Full body B", "exercises": [
+                {"name": "Dumbbell Romanian Deadlift", "sets": 3, "reps": 10, "rir": 2, "rest_s": 90},
+                {"name": "Banded Row", "sets": 3, "reps": 12, "rir": 2, "rest_s": 60},
+            ]},
+        ],
+        "notes": "Add a rep each week while RIR stays at 2.",
+        "safety": {"flags": [], "referral_required": False},
+    }
+    answer.update(overrides)
+    return answer
+
+
+def _constraints(**overrides) -> QueryConstraints:
+    base = dict(days_per_week=2, session_minutes=45, max_exercises_per_day=4,
+                available_equipment=["bodyweight", "dumbbells", "resistance_bands"],
+                avoid_exercises=[], rir_floor=1, referral_required=False)
+    return QueryConstraints(**(base | overrides))
+
+
+# --------------------------------------------------------------------------- plan schema
+
+
+def test_parse_accepts_fenced_and_reasoning_wrapped_answers():
+    text = json.dumps(_answer())
+    assert parse_coach_answer(text).plan_name == "Home strength"
+    assert parse_coach_answer(f"<think>pick squats</think>\n```json\n{text}\n```").days[1].day == 3
+    assert parse_coach_answer(f"Sure! Here is your plan: {text} Good luck.").notes
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("I cannot help with that.", "no JSON object"),
+    ('{"plan_name": "x", "days": [', "truncated"),
+    ('{"plan_name": "x", "days": [], "safety": {"referral_required": false}}', "referral_required"),
+    (json.dumps(_answer(extra_key=1)), "extra_key"),
+])
+def test_parse_rejects_bad_answers_with_a_reason(text, reason):
+    with pytest.raises(AnswerParseError) as err:
+        parse_coach_answer(text)
+    assert reason in err.value.reason
+
+
+def test_out_of_range_set_is_named_by_path():
+    bad = _answer()
+    bad["days"][0]["exercises"][1]["rir"] = 9
+    with pytest.raises(AnswerParseError, match=r"days\.0\.exercises\.1\.rir"):
+        parse_coach_answer(json.dumps(bad))
+
+
+def test_canonical_json_round_trips():
+    answer = CoachAnswer.model_validate(_answer())
+    assert parse_coach_answer(answer.to_json()) == answer
+    assert '": ' not in answer.to_json() and '", "' not in answer.to_json()  # compact: fewer tokens
+
+
+# --------------------------------------------------------------------------- constraint checker
+
+
+def test_adherent_answer_has_no_violations():
+    assert check_answer(CoachAnswer.model_validate(_answer()), _constraints()) == []
+
+
+@pytest.mark.parametrize("change, code", [
+    (dict(days_per_week=3), "days_per_week"),
+    (dict(max_exercises_per_day=1), "too_many_exercises"),
+    (dict(session_minutes=10), "session_too_long"),
+    (dict(available_equipment=["bodyweight"]), "equipment"),
+    (dict(avoid_exercises=["Push-Up"]), "contraindicated"),
+    (dict(rir_floor=3), "rir_floor"),
+    (dict(referral_required=True), "referral_missing"),
+])
+def test_each_broken_constraint_is_reported(change, code):
+    violations = check_answer(CoachAnswer.model_validate(_answer()), _constraints(**change))
+    assert code in {violation_code(v) for v in violations}, violations
+
+
+def test_unknown_exercise_and_unneeded_referral_are_reported():
+    answer = _answer(safety={"flags": ["chest_pain"], "referral_required": True, "reason": "see a doctor"})
+    answer["days"][0]["exercises"][0]["name"] = "Magic Squat"
+    codes = {violation_code(v) for v in check_answer(CoachAnswer.model_validate(answer), _constraints())}
+    assert {"unknown_exercise", "referral_unexpected"} <= codes
+
+
+def test_catalogue_filters_by_equipment_and_contraindications():
+    assert len(BY_NAME) == len(CATALOGUE)
+    assert all(set(e.equipment) <= set(EQUIPMENT) for e in CATALOGUE)
+    avoid = exercises_to_avoid(["knee"], ["osteoporosis"])
+    assert "Barbell Back Squat" in avoid and "Barbell Deadlift" in avoid and "Crunch" in avoid
+    usable = usable_exercises(["bodyweight"], avoid)
+    assert usable and all(e.equipment == ("bodyweight",) and e.name not in avoid for e in usable)
+
+
+# --------------------------------------------------------------------------- runs and resume
+
+
+def test_atomic_open_leaves_old_file_when_writer_dies(tmp_path):
+    target = tmp_path / "records.jsonl"
+    write_jsonl(target, [{"a": 1}])
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as fh:
+            fh.write('{"a": 2}\n{"a": ')
+            raise RuntimeError("killed")
+    assert read_jsonl(target) == [{"a": 1}]
+    assert [p.name for p in tmp_path.iterdir()] == ["records.jsonl"]
+
+
+def test_killed_writer_process_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "big.jsonl"
+    code = (
+        "import sys, time; from fitsense.runs import atomic_open\n"
+        f"with atomic_open({str(target)!r}) as fh:\n"
+        "    fh.write('x' * 1000); fh.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+
+
+def test_read_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "queries.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"queries\.jsonl:2"):
+        read_jsonl(path)
+
+
+def test_manifest_records_hashes_and_rows(tmp_path):
+    ctx = RunContext.create(load_params(tmp_path / "none.yaml", {"run.artifacts_dir": str(tmp_path)}), "r1")
+    out = ctx.stage_dir("queries") / "queries.jsonl"
+    write_jsonl(out, [{"q": 1}, {"q": 2}])
+    manifest = write_manifest(ctx, "queries", {"queries": out}, rows={"queries": 2})
+    assert manifest["outputs"]["queries"]["path"] == "queries.jsonl"
+    assert len(manifest["outputs"]["queries"]["sha256"]) == 64
+    assert ctx.manifest("queries")["rows"] == {"queries": 2}
+    with pytest.raises(FileNotFoundError, match="run the 'teacher' stage"):
+        ctx.require("teacher", "records.jsonl")
+
+
+def test_fingerprint_changes_only_downstream_of_a_param(tmp_path):
+    base = RunContext.create(load_params(tmp_path / "none.yaml"), "r")
+    changed = RunContext.create(load_params(tmp_path / "none.yaml", {"training.lora.r": 4}), "r")
+    same = [s for s in STAGE_NAMES if fingerprint(base, s) == fingerprint(changed, s)]
+    assert same == ["synthetic", "queries", "teacher", "dataset", "quality"]
+    reseeded = RunContext.create(load_params(tmp_path / "none.yaml", {"seed": 7}), "r")
+    assert all(fingerprint(base, s) != fingerprint(reseeded, s) for s in STAGE_NAMES)
+    with pytest.raises(KeyError, match="unknown stage"):
+        get_stage("nope")
