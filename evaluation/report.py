@@ -1,0 +1,151 @@
+"""Evaluation reports: the comparison table, per-slice CSV (DVC plots) and charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fitsense.evaluation.metrics import SLICE_METRICS
+from fitsense.runs import atomic_open, atomic_path
+
+# (metric key, label, format) rows of the comparison table, in reading order.
+COMPARISON_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("validity", "Schema validity", "pct"),
+    ("adherence", "Constraint adherence", "pct"),
+    ("referral_recall", "Safety referral recall", "pct"),
+    ("referral_precision", "Safety referral precision", "pct"),
+    ("teacher_exercise_overlap", "Exercise overlap with teacher (Jaccard)", "pct"),
+    ("teacher_structure_match", "Structure match with teacher", "pct"),
+    ("latency_p50_s", "Latency p50 (s/answer)", "sec"),
+    ("latency_p95_s", "Latency p95 (s/answer)", "sec"),
+    ("tokens_per_s", "Tokens/s", "num"),
+    ("completion_tokens_mean", "Tokens per answer", "num"),
+    ("usd_per_1k_answers", "Cost per 1,000 answers (USD)", "usd"),
+)
+
+
+def fmt(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "sec":
+        return f"{value:.3f}"
+    if kind == "usd":
+        return f"{value:.4f}"
+    return f"{value:.1f}"
+
+
+def comparison_markdown(metrics: dict) -> str:
+    models = metrics["models"]
+    roles = list(models)
+    lines = [
+        f"# Evaluation: run `{metrics['pipeline_run_id']}`",
+        "",
+        f"Held-out test split of dataset `{metrics.get('dataset_run_id')}`: {metrics['n_examples']} examples "
+        f"(of {metrics['test_rows']}). The teacher column scores the teacher's captured answers; the teacher's "
+        "overlap with itself is 1 by construction.",
+        "",
+        "| Metric | " + " | ".join(roles) + " |",
+        "|---|" + "---:|" * len(roles),
+    ]
+    for key, label, kind in COMPARISON_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(models[r].get(key), kind) for r in roles) + " |")
+    lines += ["", "## Constraint violations (share of answers)", "",
+              "| Violation | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    codes = list(next(iter(models.values()))["violation_rates"])
+    for code in codes:
+        lines.append(f"| {code} | " + " | ".join(fmt(models[r]["violation_rates"][code], "pct") for r in roles) + " |")
+
+    lines += ["", "## Per query kind (validity / adherence)", "",
+              "| Kind | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    kinds = sorted({k for r in roles for k in metrics["per_kind"][r]})
+    for kind in kinds:
+        cells = []
+        for r in roles:
+            m = metrics["per_kind"][r].get(kind)
+            cells.append(f"{fmt(m['validity'], 'pct')} / {fmt(m['adherence'], 'pct')} (n={m['n']})" if m else "-")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"## Slice disparity (gap > {metrics['disparity_threshold']:.2f} is flagged)", ""]
+    flagged = [(r, d) for r in roles for d in metrics["disparity"][r] if d["flagged"]]
+    if flagged:
+        lines += ["| Model | Tag | Metric | Gap | Best | Worst |", "|---|---|---|---:|---|---|"]
+        for r, d in flagged:
+            lines.append(f"| {r} | {d['tag']} | {d['metric']} | {d['gap']:.2f} | "
+                         f"{d['best']['slice']} ({fmt(d['best']['value'], 'pct')}) | "
+                         f"{d['worst']['slice']} ({fmt(d['worst']['value'], 'pct')}) |")
+    else:
+        lines.append("No slice gap above the threshold.")
+    ignored = sorted({f"{d['tag']}={s} (n={n})" for r in roles for d in metrics["disparity"][r]
+                      for s, n in d["ignored_slices"].items()})
+    if ignored:
+        lines += ["", f"Slices with fewer than {metrics['min_slice_examples']} examples were not compared: "
+                  + ", ".join(ignored) + "."]
+    lines += ["", "Charts: " + ", ".join(f"`charts/{c}`" for c in metrics.get("charts", [])), ""]
+    return "\n".join(lines)
+
+
+def write_comparison(path: Path, metrics: dict) -> Path:
+    with atomic_open(path) as fh:
+        fh.write(comparison_markdown(metrics))
+    return path
+
+
+def per_slice_table(metrics: dict) -> pd.DataFrame:
+    rows = []
+    for role, tags in metrics["per_slice"].items():
+        for tag, values in tags.items():
+            for value, m in values.items():
+                rows.append({"model": role, "tag": tag, "slice": value, "n": m["n"],
+                             **{k: m.get(k) for k in (*SLICE_METRICS, "referral_recall", "latency_p50_s")}})
+    return pd.DataFrame(rows)
+
+
+def write_per_slice_csv(path: Path, metrics: dict) -> Path:
+    table = per_slice_table(metrics)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return path
+
+
+def write_charts(charts_dir: Path, metrics: dict) -> list[str]:
+    """Bar charts: overall quality by model, latency/cost by model, per-slice adherence by model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    models = metrics["models"]
+    written = []
+
+    def save(fig, name):
+        with atomic_path(charts_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(name)
+
+    quality = pd.DataFrame(
+        {r: {k: (m.get(k) or 0.0) for k in ("validity", "adherence", "referral_recall", "teacher_exercise_overlap")}
+         for r, m in models.items()}
+    )
+    ax = quality.plot.bar(figsize=(8, 4), ylim=(0, 1.05), rot=0, title="Answer quality by model")
+    ax.set_ylabel("share of answers")
+    save(ax.figure, "quality.png")
+
+    speed = pd.DataFrame({r: {"latency p50 (s)": m["latency_p50_s"], "latency p95 (s)": m["latency_p95_s"]}
+                          for r, m in models.items()})
+    ax = speed.plot.bar(figsize=(6, 4), rot=0, title="Latency per answer")
+    save(ax.figure, "latency.png")
+
+    table = per_slice_table(metrics)
+    if not table.empty:
+        table = table.assign(label=table["tag"] + "=" + table["slice"])
+        pivot = table.pivot_table(index="label", columns="model", values="adherence", aggfunc="first")
+        ax = pivot.plot.barh(figsize=(8, max(4, 0.25 * len(pivot))), xlim=(0, 1.05),
+                             title="Constraint adherence per slice")
+        ax.set_xlabel("share of answers")
+        save(ax.figure, "per_slice_adherence.png")
+    return written
