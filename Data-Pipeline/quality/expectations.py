@@ -1,0 +1,369 @@
+"""Great Expectations suites for every artifact, run in one file context, with Data Docs.
+
+Suites:
+- ``synthetic.<table>``: derived from ``database/schema.sql`` (types, NOT NULL,
+  primary keys and UNIQUE, CHECK ranges and allowed values, foreign keys as
+  ``expect_column_values_to_be_in_set`` over the parent table's ids).
+- ``queries``, ``teacher``, ``splits``, ``train_split``: record contracts,
+  ranges, allowed values, referential consistency and leakage.
+
+Every expectation carries ``meta.severity`` (``critical`` fails the gate,
+``warning`` is reported). One GX context, one pandas data source and one
+validation definition per suite; Data Docs are built once at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sqlite3
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fitsense.catalogue import CONDITIONS, EQUIPMENT_TIERS, INJURY_SITES
+from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
+
+log = logging.getLogger(__name__)
+
+CRITICAL, WARNING = "critical", "warning"
+INT_TYPES = ["int", "int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64"]
+NUM_TYPES = INT_TYPES + ["float", "float32", "float64", "Float64"]
+BOOL_TYPES = ["bool", "boolean", "bool_"]
+SCHEMA_SQL = Path(__file__).resolve().parents[2] / "database" / "schema.sql"
+MAX_EXAMPLES = 5
+MAX_INLINE_SET = 500  # larger foreign-key id sets are checked through a helper column
+
+
+def _literal(model, name: str) -> list[str]:
+    return list(typing.get_args(model.model_fields[name].annotation))
+
+
+# Allowed slice values. Tags without a closed vocabulary here get not-null checks only.
+SLICE_VALUES: dict[str, list[str]] = {
+    "sex": _literal(Profile, "sex"),
+    "activity_level": _literal(Profile, "activity_level"),
+    "experience": _literal(Profile, "experience"),
+    "primary_goal": _literal(QueryContext, "primary_goal"),
+    "equipment_tier": list(EQUIPMENT_TIERS),
+}
+BINARY_SLICES = ("has_condition", "has_injury")
+BINARY_VALUES = ["yes", "no", "true", "false", "True", "False"]
+
+
+@dataclass
+class Suite:
+    name: str
+    frame: pd.DataFrame
+    id_columns: list[str]  # identify offending records in failure messages
+    expectations: list  # great_expectations.expectations.Expectation
+
+
+# --------------------------------------------------------------------------- schema.sql
+
+
+@dataclass
+class TableSchema:
+    name: str
+    columns: dict[str, tuple[str, bool]]  # name -> (declared type, not null)
+    primary_key: list[str]
+    unique: list[list[str]]
+    foreign_keys: list[tuple[str, str, str]]  # (column, parent table, parent column)
+    allowed: dict[str, list[str]]
+    ranges: dict[str, tuple[float | None, float | None]]
+
+
+_IN = re.compile(r"CHECK\s*\(\s*(\w+)\s+IN\s*\(([^)]*)\)\s*\)", re.I)
+_BETWEEN = re.compile(r"CHECK\s*\(\s*(\w+)\s+BETWEEN\s+(-?[\d.]+)\s+AND\s+(-?[\d.]+)\s*\)", re.I)
+_GE_LE = re.compile(r"CHECK\s*\(\s*(\w+)\s*>=\s*(-?[\d.]+)\s+AND\s+\1\s*<=\s*(-?[\d.]+)\s*\)", re.I)
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def parse_schema(path: Path = SCHEMA_SQL) -> dict[str, TableSchema]:
+    """Tables of the SQL schema: structure from SQLite itself, CHECK rules from the DDL text."""
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(path.read_text())
+        out: dict[str, TableSchema] = {}
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY rowid")]
+        for name in names:
+            info = db.execute(f"PRAGMA table_info({name})").fetchall()
+            columns = {r[1]: (r[2].upper(), bool(r[3]) or r[5] > 0) for r in info}
+            pk = [r[1] for r in sorted(info, key=lambda r: r[5]) if r[5] > 0]
+            unique = []
+            for idx in db.execute(f"PRAGMA index_list({name})").fetchall():
+                if idx[2] and idx[3] == "u":
+                    unique.append([r[2] for r in db.execute(f"PRAGMA index_info({idx[1]})").fetchall()])
+            fks = [(r[3], r[2], r[4]) for r in db.execute(f"PRAGMA foreign_key_list({name})").fetchall()]
+            ddl = db.execute("SELECT sql FROM sqlite_master WHERE name=?", (name,)).fetchone()[0]
+            allowed = {m.group(1): [v.strip().strip("'") for v in m.group(2).split(",")] for m in _IN.finditer(ddl)}
+            ranges = {m.group(1): (_number(m.group(2)), _number(m.group(3)))
+                      for rx in (_BETWEEN, _GE_LE) for m in rx.finditer(ddl)}
+            out[name] = TableSchema(name, columns, pk, unique, fks, allowed, ranges)
+        return out
+    finally:
+        db.close()
+
+
+def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSchema]) -> list[Suite]:
+    import great_expectations.expectations as gxe
+
+    suites = []
+    for name, spec in schema.items():
+        frame = tables.get(name)
+        if frame is None:
+            continue
+        crit = {"severity": CRITICAL}
+        frame = frame.copy()
+        fk_exps = []
+        for col, parent, parent_col in spec.foreign_keys:
+            parent_frame = tables.get(parent)
+            if parent_frame is None or col not in frame.columns:
+                continue
+            meta = {**crit, "foreign_key": f"{parent}.{parent_col}"}
+            ids = parent_frame[parent_col].dropna().unique()
+            if len(ids) <= MAX_INLINE_SET:
+                fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(ids.tolist()), meta=meta))
+            else:  # a big id set would bloat the suite and Data Docs: check membership in a helper column
+                helper = f"fk_{col}_in_{parent}"
+                frame[helper] = frame[col].isna() | frame[col].isin(ids)
+                fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=helper, value_set=[True], meta=meta))
+        helpers = [c for c in frame.columns if c.startswith("fk_")]
+        exps = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.columns) + helpers, exact_match=True,
+                                                 meta=crit)]
+        for col, (decl, not_null) in spec.columns.items():
+            if not_null:
+                exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta=crit))
+            if decl == "INTEGER" and not_null and col not in spec.allowed:
+                exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=INT_TYPES, meta=crit))
+            elif decl == "REAL":
+                exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUM_TYPES, meta=crit))
+        if len(spec.primary_key) == 1:
+            exps.append(gxe.ExpectColumnValuesToBeUnique(column=spec.primary_key[0], meta=crit))
+        elif spec.primary_key:
+            exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=spec.primary_key, meta=crit))
+        for cols in spec.unique:
+            exp = (gxe.ExpectColumnValuesToBeUnique(column=cols[0], meta=crit) if len(cols) == 1
+                   else gxe.ExpectCompoundColumnsToBeUnique(column_list=cols, meta=crit))
+            exps.append(exp)
+        for col, values in spec.allowed.items():
+            if frame[col].dtype.kind in "iub":  # INTEGER 0/1 flags
+                values = [int(v) for v in values]
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=values, meta=crit))
+        for col, (lo, hi) in spec.ranges.items():
+            exps.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi, meta=crit))
+        exps += fk_exps
+        # plausibility beyond the schema: warnings, not gate failures
+        if name == "profiles":
+            exps.append(gxe.ExpectColumnMeanToBeBetween(column="height_cm", min_value=150, max_value=190,
+                                                        meta={"severity": WARNING}))
+        ids = spec.primary_key or list(spec.columns)[:1]
+        suites.append(Suite(f"synthetic.{name}", frame, ids, exps))
+    return suites
+
+
+# --------------------------------------------------------------------------- record suites
+
+
+def _references(frame: pd.DataFrame, col: str, ids, target: str) -> tuple[pd.DataFrame, object]:
+    """``col`` values must exist in ``ids`` (a foreign key); big id sets go through a helper column."""
+    import great_expectations.expectations as gxe
+
+    meta = {"severity": CRITICAL, "foreign_key": target}
+    ids = sorted(set(ids))
+    if len(ids) <= MAX_INLINE_SET:
+        return frame, gxe.ExpectColumnValuesToBeInSet(column=col, value_set=ids, meta=meta)
+    helper = f"fk_{col}_in_{target.split('.')[-2]}"
+    frame = frame.assign(**{helper: frame[col].isin(ids)})
+    return frame, gxe.ExpectColumnValuesToBeInSet(column=helper, value_set=[True], meta=meta)
+
+
+def _slice_expectations(frame: pd.DataFrame) -> list:
+    import great_expectations.expectations as gxe
+
+    exps = []
+    for tag in SLICE_TAGS:
+        col = f"slice_{tag}"
+        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, meta={"severity": CRITICAL}))
+        if tag in SLICE_VALUES:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=SLICE_VALUES[tag],
+                                                        meta={"severity": CRITICAL}))
+        elif tag in BINARY_SLICES:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=BINARY_VALUES,
+                                                        meta={"severity": CRITICAL}))
+    return exps
+
+
+def query_suite(frame: pd.DataFrame, user_ids: list[int] | None) -> Suite:
+    import great_expectations.expectations as gxe
+
+    c = {"severity": CRITICAL}
+    exps = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=c),
+        gxe.ExpectColumnValuesToNotBeNull(column="query_id", meta=c),
+        gxe.ExpectColumnValuesToBeUnique(column="query_id", meta=c),
+        gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=INT_TYPES, meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(QUERY_KINDS), meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="roles", value_set=["system,user"], meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="prompt_chars", min_value=1, meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="days_per_week", min_value=1, max_value=7, meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="session_minutes", min_value=10, max_value=180, meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="max_exercises_per_day", min_value=1, max_value=12, meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="rir_floor", min_value=0, max_value=5, meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="referral_required", value_set=[True, False], meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="n_available_equipment", min_value=1, meta=c),
+        gxe.ExpectColumnDistinctValuesToContainSet(column="kind", value_set=list(QUERY_KINDS),
+                                                   meta={"severity": WARNING}),
+        *_slice_expectations(frame),
+    ]
+    if user_ids is not None:  # every query belongs to a generated user
+        frame, exp = _references(frame, "user_id", user_ids, "synthetic.users.user_id")
+        exps.append(exp)
+    return Suite("queries", frame, ["query_id"], exps)
+
+
+def teacher_suite(frame: pd.DataFrame, query_ids: list[str]) -> Suite:
+    import great_expectations.expectations as gxe
+
+    c, w = {"severity": CRITICAL}, {"severity": WARNING}
+    exps = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=c),
+        gxe.ExpectColumnValuesToNotBeNull(column="query_id", meta=c),
+        gxe.ExpectColumnValuesToBeUnique(column="query_id", meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok", "failed"], meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(QUERY_KINDS), meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="status_consistent", value_set=[True], meta=c),
+        gxe.ExpectColumnValuesToNotBeNull(column="teacher_model", meta=c),
+    ]
+    for col in ("latency_s", "cost_usd"):
+        exps += [gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUM_TYPES, meta=c),
+                 gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, meta=c)]
+    for col in ("prompt_tokens", "completion_tokens", "attempts", "repairs"):
+        exps += [gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=INT_TYPES, meta=c),
+                 gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, meta=c)]
+    exps += [
+        gxe.ExpectColumnValuesToBeInTypeList(column="schema_valid", type_list=BOOL_TYPES, meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="n_days", min_value=0, max_value=7, meta=c),
+        # plausibility: most requests should succeed without retries
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=0.8, meta=w),
+        gxe.ExpectColumnMedianToBeBetween(column="latency_s", max_value=30, meta=w),
+    ]
+    frame, exp = _references(frame, "query_id", query_ids, "queries.query_id")
+    return Suite("teacher", frame, ["query_id"], [*exps, exp])
+
+
+def split_suites(frame: pd.DataFrame, require_valid: bool, min_train: int, query_ids: list[str]) -> list[Suite]:
+    import great_expectations.expectations as gxe
+
+    c = {"severity": CRITICAL}
+    exps = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=c),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=col, meta=c)
+          for col in ("query_id", "user_id", "kind", "teacher_model", "split")],
+        gxe.ExpectColumnValuesToBeUnique(column="query_id", meta=c),
+        gxe.ExpectColumnValuesToBeInTypeList(column="user_id", type_list=INT_TYPES, meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(QUERY_KINDS), meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="roles", value_set=["system,user,assistant"], meta=c),
+        gxe.ExpectColumnValuesToBeInSet(column="answer_valid", value_set=[True], meta=c),
+        gxe.ExpectColumnValuesToBeBetween(column="user_n_splits", min_value=1, max_value=1,
+                                          meta={**c, "rule": "no user in two splits"}),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "val", "test"], meta=c),
+        *_slice_expectations(frame),
+    ]
+    if require_valid:
+        exps.append(gxe.ExpectColumnValuesToBeInSet(column="answer_adherent", value_set=[True], meta=c))
+    frame, exp = _references(frame, "query_id", query_ids, "queries.query_id")
+    exps.append(exp)
+    train = frame[frame["split"] == "train"] if not frame.empty else frame
+    train_exps = [gxe.ExpectTableRowCountToBeBetween(min_value=min_train, meta={**c, "param": "quality.min_train_examples"})]
+    return [Suite("splits", frame, ["query_id", "user_id", "split"], exps),
+            Suite("train_split", train.reset_index(drop=True), ["query_id"], train_exps)]
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _jsonable(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | None) -> tuple[str, list]:
+    kwargs = cfg["kwargs"]
+    column = kwargs.get("column") or kwargs.get("column_list")
+    examples = _jsonable(result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
+    detail = ""
+    if examples:
+        shown = "; ".join(", ".join(f"{k}={v}" for k, v in ex.items()) for ex in examples)
+        detail = f": {result.get('unexpected_count', len(examples))} unexpected, e.g. {shown}"
+    elif "observed_value" in result:
+        detail = f": observed {_jsonable(result['observed_value'])!r}"
+    elif exception:
+        detail = f": error {exception}"
+    limits = {k: kwargs[k] for k in ("min_value", "max_value", "mostly") if kwargs.get(k) is not None}
+    limits_text = f" {limits}" if limits else ""
+    fk = cfg.get("meta", {}).get("foreign_key")
+    fk_text = f" (references {fk})" if fk else ""
+    msg = f"suite {suite.name}: {cfg['type']}(column={column}){limits_text}{fk_text} failed{detail}"
+    return msg, examples
+
+
+def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
+    """Validate every suite in one file context; build Data Docs; return results and gate items."""
+    import great_expectations as gx
+
+    for path in (gx_dir, docs_dir):
+        shutil.rmtree(path, ignore_errors=True)  # a fresh project per run: docs show this run only
+    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))  # creates <parent>/gx/
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    for site in list(context.get_config().data_docs_sites or {}):
+        context.delete_data_docs_site(site)
+    context.add_data_docs_site(site_name="fitsense", site_config={
+        "class_name": "SiteBuilder",
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    })
+    source = context.data_sources.add_pandas("fitsense")
+    results, failures, warnings = [], [], []
+    for suite in suites:
+        asset = source.add_dataframe_asset(suite.name)
+        batch = asset.add_batch_definition_whole_dataframe("all")
+        gx_suite = context.suites.add(gx.ExpectationSuite(name=suite.name, expectations=suite.expectations))
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
+        id_cols = [c for c in suite.id_columns if c in suite.frame.columns]
+        outcome = vd.run(
+            batch_parameters={"dataframe": suite.frame},
+            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": id_cols,
+                           "partial_unexpected_count": MAX_EXAMPLES},
+        )
+        entry = {"suite": suite.name, "success": bool(outcome.success), "rows": len(suite.frame),
+                 "evaluated": len(outcome.results), "failed": []}
+        for res in outcome.results:
+            if res.success:
+                continue
+            cfg = res.expectation_config.to_json_dict()
+            severity = (cfg.get("meta") or {}).get("severity", CRITICAL)
+            exception = (res.exception_info or {}).get("exception_message") if res.exception_info else None
+            msg, examples = _describe_failure(suite, cfg, res.result or {}, exception)
+            entry["failed"].append({"expectation": cfg["type"], "column": cfg["kwargs"].get("column"),
+                                    "severity": severity, "message": msg, "examples": examples})
+            (failures if severity == CRITICAL else warnings).append(msg)
+        results.append(entry)
+    context.build_data_docs()
+    index = docs_dir / "index.html"
+    return {"suites": results, "failures": failures, "warnings": warnings,
+            "data_docs": str(index) if index.exists() else None}

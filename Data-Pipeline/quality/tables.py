@@ -1,0 +1,172 @@
+"""Load every artifact the quality stage checks into flat pandas frames.
+
+Records are read as raw JSON (not through the Pydantic models), so a wrong
+type or an out-of-range value reaches the Great Expectations suites and fails
+there with the record named, instead of stopping the load. Helper columns
+(``answer_valid``, ``user_n_splits``, plan sizes ...) turn cross-field and
+cross-file rules into plain column expectations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from pydantic import ValidationError
+
+from fitsense.constraints import check_answer
+from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
+from fitsense.records import SLICE_TAGS, QueryConstraints
+from fitsense.runs import RunContext, read_jsonl
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Tables:
+    synthetic: dict[str, pd.DataFrame] = field(default_factory=dict)
+    queries: pd.DataFrame | None = None
+    teacher: pd.DataFrame | None = None
+    splits: pd.DataFrame | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # artifact name -> file path
+
+    def artifacts(self) -> dict[str, pd.DataFrame]:
+        """Every frame by artifact name (``synthetic.users``, ``queries``, ``teacher``, ``splits``)."""
+        out = {f"synthetic.{k}": v for k, v in self.synthetic.items()}
+        for name in ("queries", "teacher", "splits"):
+            frame = getattr(self, name)
+            if frame is not None:
+                out[name] = frame
+        return out
+
+
+def _plan_size(answer) -> tuple[int, int, int]:
+    if not isinstance(answer, dict):
+        return 0, 0, 0
+    days = answer.get("days") or []
+    exercises = [ex for d in days if isinstance(d, dict) for ex in (d.get("exercises") or [])]
+    sets = sum(ex.get("sets", 0) for ex in exercises if isinstance(ex, dict) and isinstance(ex.get("sets"), int))
+    return len(days), len(exercises), sets
+
+
+def queries_frame(rows: list[dict]) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        msgs = r.get("messages") or []
+        c = r.get("constraints") or {}
+        out.append({
+            "query_id": r.get("query_id"),
+            "user_id": r.get("user_id"),
+            "kind": r.get("kind"),
+            **{f"slice_{t}": (r.get("slices") or {}).get(t) for t in SLICE_TAGS},
+            **{k: c.get(k) for k in ("days_per_week", "session_minutes", "max_exercises_per_day", "rir_floor",
+                                     "referral_required")},
+            "n_available_equipment": len(c.get("available_equipment") or []),
+            "n_avoid_exercises": len(c.get("avoid_exercises") or []),
+            "roles": ",".join(str(m.get("role")) for m in msgs if isinstance(m, dict)),
+            "prompt_chars": sum(len(str(m.get("content", ""))) for m in msgs if isinstance(m, dict)
+                                and m.get("role") == "user"),
+        })
+    return pd.DataFrame(out)
+
+
+def teacher_frame(rows: list[dict]) -> pd.DataFrame:
+    out = []
+    for r in rows:
+        answer = r.get("answer")
+        try:
+            parsed = CoachAnswer.model_validate(answer) if isinstance(answer, dict) else None
+        except ValidationError:
+            parsed = None
+        n_days, n_ex, n_sets = _plan_size(answer)
+        status = r.get("status")
+        out.append({
+            **{k: r.get(k) for k in ("query_id", "user_id", "kind", "teacher_model", "status", "failure_reason",
+                                     "schema_valid", "referral_required", "attempts", "repairs", "latency_s",
+                                     "prompt_tokens", "completion_tokens", "cost_usd", "cache_hit")},
+            "n_violations": len(r.get("constraint_violations") or []),
+            "n_safety_flags": len(r.get("safety_flags") or []),
+            "answer_chars": len(r.get("response_text") or ""),
+            # status "ok" must come with a schema-valid answer, "failed" with a reason and no answer
+            "status_consistent": (status == "ok" and parsed is not None)
+            or (status == "failed" and answer is None and bool(r.get("failure_reason"))),
+            "answer_referral": bool(parsed and parsed.safety.referral_required),
+            "n_days": n_days,
+            "n_exercises": n_ex,
+            "n_sets": n_sets,
+        })
+    return pd.DataFrame(out)
+
+
+def _check_split_answer(messages, constraints) -> tuple[bool, bool, int]:
+    """(answer parses as a canonical CoachAnswer, answer honours the constraints, answer chars)."""
+    assistant = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not assistant:
+        return False, False, 0
+    text = str(assistant[-1].get("content", ""))
+    try:
+        answer = parse_coach_answer(text)
+    except AnswerParseError:
+        return False, False, len(text)
+    try:
+        adherent = not check_answer(answer, QueryConstraints.model_validate(constraints))
+    except ValidationError:
+        adherent = False
+    return answer.to_json() == text, adherent, len(text)
+
+
+def splits_frame(by_split: dict[str, list[dict]]) -> pd.DataFrame:
+    out = []
+    for split, rows in by_split.items():
+        for r in rows:
+            msgs = r.get("messages") or []
+            valid, adherent, chars = _check_split_answer(msgs, r.get("constraints"))
+            out.append({
+                "split": split,
+                "query_id": r.get("query_id"),
+                "user_id": r.get("user_id"),
+                "kind": r.get("kind"),
+                "teacher_model": r.get("teacher_model"),
+                **{f"slice_{t}": (r.get("slices") or {}).get(t) for t in SLICE_TAGS},
+                "roles": ",".join(str(m.get("role")) for m in msgs if isinstance(m, dict)),
+                "prompt_chars": sum(len(str(m.get("content", ""))) for m in msgs if isinstance(m, dict)
+                                    and m.get("role") == "user"),
+                "answer_chars": chars,
+                "answer_valid": valid,
+                "answer_adherent": adherent,
+            })
+    frame = pd.DataFrame(out)
+    if not frame.empty:
+        # a user in more than one split leaks between training and evaluation
+        frame["user_n_splits"] = frame.groupby("user_id", dropna=False)["split"].transform("nunique")
+    return frame
+
+
+def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
+    tables = Tables()
+    run = ctx.run_dir
+    synth = run / "synthetic"
+    if (synth / "manifest.json").exists() or any(synth.glob("*.parquet")):
+        for name in schema_tables:
+            path = synth / f"{name}.parquet"
+            if path.exists():
+                tables.synthetic[name] = pd.read_parquet(path)
+                tables.sources[f"synthetic.{name}"] = str(path)
+
+    q_path = ctx.require("queries", "queries.jsonl")
+    tables.queries = queries_frame(read_jsonl(q_path))
+    tables.sources["queries"] = str(q_path)
+    t_path = ctx.require("teacher", "records.jsonl")
+    tables.teacher = teacher_frame(read_jsonl(t_path))
+    tables.sources["teacher"] = str(t_path)
+    by_split: dict[str, list[dict]] = {}
+    for s in SPLITS:
+        path: Path = ctx.require("dataset", f"{s}.jsonl")
+        by_split[s] = read_jsonl(path)
+        tables.sources[f"splits.{s}"] = str(path)
+    tables.splits = splits_frame(by_split)
+    return tables
