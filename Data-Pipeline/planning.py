@@ -47,8 +47,8 @@ def equipment_tier(equipment: list[str] | tuple[str, ...] | set[str]) -> str:
 # Pattern slots per kind of day, most important first.
 _DAY_SLOTS = {
     "Full Body": ("squat", "push_h", "pull_h", "hinge", "push_v", "pull_v", "core", "lunge", "isolation", "carry"),
-    "Upper": ("push_h", "pull_h", "push_v", "pull_v", "isolation", "isolation", "core", "carry"),
-    "Lower": ("squat", "hinge", "lunge", "core", "isolation", "hinge", "squat", "carry"),
+    "Upper": ("push_h", "pull_h", "push_v", "pull_v", "iso_upper", "iso_upper", "core", "carry"),
+    "Lower": ("squat", "hinge", "lunge", "core", "iso_lower", "hinge", "squat", "carry"),
 }
 _SPLITS = {
     1: ("Full Body",),
@@ -68,6 +68,7 @@ _GOAL_DOSE = {
     "general_health": (10, 12, 2, 75),
 }
 _SETS = {"beginner": 2, "intermediate": 3, "advanced": 4}
+_EXERCISES = {"beginner": 4, "intermediate": 5, "advanced": 6}
 _GOAL_TITLE = {g: g.replace("_", " ").title() for g in GOALS}
 
 
@@ -101,7 +102,11 @@ def build_plan(
     by_pattern: dict[str, list[str]] = {}
     for ex in usable:
         by_pattern.setdefault(ex.pattern, []).append(ex.name)
-    limit = max_exercises_per_day(session_minutes)
+        if ex.pattern == "isolation":
+            lower = ex.primary_muscle in ("quads", "hamstrings", "glutes", "calves")
+            by_pattern.setdefault("iso_lower" if lower else "iso_upper", []).append(ex.name)
+    # Fewer exercises than the limit for novices: the limit is what fits, not what is wise.
+    limit = min(max_exercises_per_day(session_minutes), _EXERCISES[experience] + (session_minutes >= 75))
     comp_reps, iso_reps, goal_rir, rest = _GOAL_DOSE[goal]
     rir = min(5, max(floor, goal_rir))
     sets = _SETS[experience]

@@ -122,7 +122,7 @@ def _draw_users(rng: np.random.Generator, n: int) -> _Users:
     # goals: fat loss follows BMI, general health age, strength experience, muscle gain young men
     g = {name: i for i, name in enumerate(GOALS)}
     logits = np.zeros((n, len(GOALS)))
-    logits[:, g["fat_loss"]] += 1.6 * (bmi >= 30) + 0.8 * (bmi >= 25) - 0.8 * (bmi < 21)
+    logits[:, g["fat_loss"]] += 1.6 * (bmi >= 30) + 0.8 * (bmi >= 25) - 1.5 * (bmi < 21)
     logits[:, g["muscle_gain"]] += 0.9 * ~female + 0.6 * (age < 35) + 0.5 * (bmi < 23)
     logits[:, g["strength"]] += 1.0 * (experience == 2) + 0.4 * (experience == 1) - 0.5
     logits[:, g["endurance"]] += 0.6 * (activity >= 3) - 0.3

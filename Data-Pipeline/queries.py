@@ -1,0 +1,317 @@
+"""Query stage: coaching requests built from the synthetic users.
+
+Four kinds (``queries.kind_mix``): plan creation, plan modification (a change
+in words, reflected in the constraints), safety adjustment (a new injury,
+condition or symptom; red-flag symptoms require a referral) and progress
+adaptation (trends from the last weeks of logged workouts). Each query carries
+the constraints its answer must honour, derived from the profile, and the
+slice tags bias analysis and evaluation group by. Deterministic for the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from fitsense.catalogue import CONDITIONS, EQUIPMENT, EQUIPMENT_TIERS, INJURY_SITES, exercises_to_avoid, usable_exercises
+from fitsense.data import planning
+from fitsense.data.prompts import SYSTEM_PROMPT, render_user_message
+from fitsense.records import (
+    QUERY_KINDS,
+    SLICE_TAGS,
+    ChatMessage,
+    CoachingQuery,
+    ExerciseTrend,
+    Injury,
+    Profile,
+    QueryConstraints,
+    QueryContext,
+    Symptom,
+)
+from fitsense.runs import RunContext, write_jsonl, write_manifest
+
+log = logging.getLogger(__name__)
+
+STAGE = "queries"
+TREND_WEEKS = 4  # weeks of logged workouts summarised for progress adaptation
+TREND_SLOPE = 0.4  # top reps per week beyond which an exercise counts as progressing / regressing
+
+RED_FLAG_SYMPTOMS = (
+    "chest pain when I exert myself, like on stairs",
+    "I fainted during my last workout",
+    "I get short of breath even at rest",
+    "sudden severe swelling in my knee, hot and painful",
+    "my heart races irregularly and I feel dizzy while training",
+    "pain and swelling in one calf that won't go away",
+)
+BENIGN_SYMPTOMS = (
+    "mild muscle soreness two days after leg day",
+    "I feel a bit tired after a poor night's sleep",
+    "slight morning stiffness that eases once I warm up",
+    "a small blister on my palm from gripping",
+)
+HOME_ONLY = ("bodyweight", "dumbbells", "resistance_bands")
+
+
+def age_band(age: int) -> str:
+    return "18-29" if age < 30 else "30-44" if age < 45 else "45-59" if age < 60 else "60+"
+
+
+def _age(birth: date, anchor: date) -> int:
+    return anchor.year - birth.year - ((anchor.month, anchor.day) < (birth.month, birth.day))
+
+
+def kind_counts(n: int, mix: dict[str, float]) -> dict[str, int]:
+    """Split n queries over kinds in proportion to the weights (largest remainder)."""
+    kinds = [k for k in QUERY_KINDS if mix.get(k, 0) > 0]
+    total = sum(mix[k] for k in kinds)
+    exact = {k: n * mix[k] / total for k in kinds}
+    counts = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(kinds, key=lambda k: (counts[k] - exact[k], QUERY_KINDS.index(k)))[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def constraints_for(experience: str, conditions: list[str], injuries: list[Injury], equipment: list[str],
+                    days: int, minutes: int, referral: bool = False, extra_avoid: tuple[str, ...] = ()) -> QueryConstraints:
+    """What any answer for this person must honour (see the module docstring)."""
+    avoid = sorted(set(exercises_to_avoid([i.site for i in injuries], conditions)) | set(extra_avoid))
+    if not usable_exercises(equipment, avoid):
+        raise ValueError(f"unsatisfiable constraints: nothing usable with {equipment} avoiding {avoid}")
+    return QueryConstraints(
+        days_per_week=days,
+        session_minutes=minutes,
+        max_exercises_per_day=planning.max_exercises_per_day(minutes),
+        available_equipment=equipment,
+        avoid_exercises=avoid,
+        rir_floor=planning.rir_floor(experience, conditions),
+        referral_required=referral,
+    )
+
+
+class _World:
+    """The synthetic tables a query needs, indexed by user."""
+
+    def __init__(self, ctx: RunContext):
+        src = ctx.require("synthetic", "manifest.json").parent
+        self.anchor = ctx.params.synthetic.anchor_date
+        read = lambda t, **kw: pq.read_table(src / f"{t}.parquet", **kw).to_pandas()  # noqa: E731
+        self.read = read
+        self.profiles = read("profiles").set_index("user_id")
+        self.goals = read("goals").sort_values(["user_id", "priority"]).groupby("user_id")["goal"].agg(list)
+        cond = read("medical_conditions")
+        self.conditions = cond.groupby("user_id")["condition"].agg(lambda s: sorted(s, key=list(CONDITIONS).index))
+        inj = read("injuries")
+        inj = inj[inj["status"] != "resolved"].sort_values(["user_id", "site"])
+        self.injuries = inj.groupby("user_id")[["site", "status"]].apply(lambda f: list(zip(f.site, f.status)))
+        self.medications = read("medications").groupby("user_id")["name"].agg(lambda s: sorted(set(s)))
+        ue = read("user_equipment").merge(read("equipment"), on="equipment_id")
+        self.equipment = ue.groupby("user_id")["name"].agg(lambda s: sorted(s, key=EQUIPMENT.index))
+        weights = read("daily_logs", columns=["user_id", "log_date", "body_weight_kg"])
+        self.latest_weight = weights.sort_values(["user_id", "log_date"]).groupby("user_id")["body_weight_kg"].last()
+        self.exercise_names = read("exercises").set_index("exercise_id")["name"]
+
+    def user_ids(self) -> np.ndarray:
+        return self.profiles.index.to_numpy()
+
+    def current_plans(self, users: list[int]) -> dict[int, dict]:
+        plans = self.read("workout_plans", filters=[("user_id", "in", users), ("is_current", "=", 1)])
+        days = self.read("plan_days", filters=[("plan_id", "in", plans["plan_id"].tolist())])
+        pex = self.read("plan_exercises", filters=[("plan_day_id", "in", days["plan_day_id"].tolist())])
+        sets = self.read("plan_sets", filters=[("plan_exercise_id", "in", pex["plan_exercise_id"].tolist())])
+        per_ex = sets.sort_values(["plan_exercise_id", "set_number"]).groupby("plan_exercise_id").agg(
+            sets=("set_number", "size"), reps=("target_reps", "first"), rir=("target_rir", "first"),
+            rest_s=("rest_s", "first"))
+        pex = pex.join(per_ex, on="plan_exercise_id").sort_values(["plan_day_id", "position"])
+        pex["name"] = pex["exercise_id"].map(self.exercise_names)
+        out = {}
+        by_day = {k: g for k, g in pex.groupby("plan_day_id")}
+        for plan in plans.itertuples():
+            plan_days = days[days.plan_id == plan.plan_id].sort_values("day_number")
+            out[int(plan.user_id)] = {
+                "plan_name": plan.name,
+                "days": [
+                    {"day": int(d.day_number), "name": d.name,
+                     "exercises": [{"name": e.name, "sets": int(e.sets), "reps": int(e.reps), "rir": int(e.rir),
+                                    "rest_s": int(e.rest_s)} for e in by_day[d.plan_day_id].itertuples()]}
+                    for d in plan_days.itertuples()
+                ],
+                "notes": "",
+                "safety": {"flags": [], "referral_required": False},
+            }
+        return out
+
+    def trends(self, users: list[int]) -> dict[int, list[ExerciseTrend]]:
+        """Per user, the exercises with the clearest trend over the last TREND_WEEKS logged weeks."""
+        window_start = pd.Timestamp(self.anchor) - pd.Timedelta(days=7 * TREND_WEEKS)
+        workouts = self.read("workouts", filters=[("user_id", "in", users)])
+        workouts = workouts[pd.to_datetime(workouts["performed_on"]) >= window_start]
+        wex = self.read("workout_exercises", filters=[("workout_id", "in", workouts["workout_id"].tolist())])
+        wsets = self.read("workout_sets", filters=[("workout_exercise_id", "in", wex["workout_exercise_id"].tolist())])
+        df = wsets.merge(wex, on="workout_exercise_id").merge(workouts, on="workout_id")
+        df["week"] = (pd.to_datetime(df["performed_on"]) - window_start).dt.days // 7
+        df["name"] = df["exercise_id"].map(self.exercise_names)
+        weekly = (df.groupby(["user_id", "name", "week"]).agg(top=("reps", "max"), rir=("rir", "mean"))
+                  .reset_index().sort_values(["user_id", "name", "week"]))
+        out: dict[int, list[ExerciseTrend]] = {}
+        for (user, name), g in weekly.groupby(["user_id", "name"], sort=True):
+            if len(g) < 2:
+                continue
+            slope = float(np.polyfit(g["week"].to_numpy(float), g["top"].to_numpy(float), 1)[0])
+            trend = "progressing" if slope >= TREND_SLOPE else "regressing" if slope <= -TREND_SLOPE else "stalled"
+            out.setdefault(int(user), []).append((abs(slope), name, ExerciseTrend(
+                name=name, weekly_top_reps=g["top"].astype(int).tolist(),
+                weekly_avg_rir=[round(float(r), 1) for r in g["rir"]], trend=trend)))
+        return {u: [t for _, _, t in sorted(items, key=lambda x: (-x[0], x[1]))[:3]] for u, items in out.items()}
+
+
+def _base(world: _World, user: int) -> dict:
+    prof = world.profiles.loc[user]
+    age = _age(prof["birth_date"], world.anchor)
+    injuries = [Injury(site=s, status=st) for s, st in world.injuries.get(user, [])]
+    return {
+        "profile": Profile(age=age, sex=prof["sex"], height_cm=float(prof["height_cm"]),
+                           weight_kg=float(world.latest_weight.get(user, prof["weight_kg"])),
+                           activity_level=prof["activity_level"], experience=prof["experience"]),
+        "goals": list(world.goals[user]),
+        "conditions": list(world.conditions.get(user, [])),
+        "injuries": injuries,
+        "medications": list(world.medications.get(user, [])),
+        "equipment": list(world.equipment[user]),
+        "days": int(prof["days_available"]),
+        "minutes": int(prof["session_minutes"]),
+    }
+
+
+def _modification(rng: np.random.Generator, b: dict, plan: dict) -> tuple[str, dict]:
+    """A requested change in words and the constraint fields it changes."""
+    options = ["swap"]
+    if b["days"] > 1:
+        options.append("fewer_days")
+    if b["days"] < 6:
+        options.append("more_days")
+    if b["minutes"] > planning.SESSION_MINUTES[0]:
+        options.append("shorter")
+    tier = planning.equipment_tier(b["equipment"])
+    if tier != "bodyweight":
+        options.append("home_only")
+    choice = options[rng.integers(len(options))]
+    if choice == "fewer_days":
+        days = int(max(1, b["days"] - rng.integers(1, 3)))
+        return f"I can only train {days} days a week now.", {"days": days}
+    if choice == "more_days":
+        days = b["days"] + 1
+        return f"I'd like to train {days} days a week instead of {b['days']}.", {"days": days}
+    if choice == "shorter":
+        shorter = [m for m in planning.SESSION_MINUTES if m < b["minutes"]]
+        minutes = shorter[rng.integers(len(shorter))]
+        return f"My sessions must fit in {minutes} minutes from now on.", {"minutes": minutes}
+    if choice == "home_only":
+        if tier == "full_gym":
+            kit = list(HOME_ONLY)
+            return "I'm training at home now with only dumbbells and resistance bands.", {"equipment": kit}
+        return "I'm travelling for a month: bodyweight only, no equipment.", {"equipment": ["bodyweight"]}
+    names = sorted({e["name"] for d in plan["days"] for e in d["exercises"]})
+    name = names[rng.integers(len(names))]
+    return f"I don't like {name}; please swap it for something else.", {"extra_avoid": (name,)}
+
+
+def _safety(rng: np.random.Generator, b: dict, red_flag_share: float) -> dict:
+    """A new symptom, injury or diagnosis; updates the base facts in place and returns context fields."""
+    if rng.random() < red_flag_share:
+        return {"new_symptom": Symptom(text=RED_FLAG_SYMPTOMS[rng.integers(len(RED_FLAG_SYMPTOMS))], red_flag=True)}
+    choice = rng.integers(3)
+    free_sites = [s for s in INJURY_SITES if s not in {i.site for i in b["injuries"]}]
+    p = b["profile"]
+    free_conditions = [c for c in CONDITIONS if c not in b["conditions"]
+                       and (c != "pregnancy" or (p.sex == "female" and 18 <= p.age <= 45))]
+    if choice == 1 and free_sites:
+        injury = Injury(site=free_sites[rng.integers(len(free_sites))], status="active")
+        b["injuries"] = sorted(b["injuries"] + [injury], key=lambda i: i.site)
+        return {"new_injury": injury}
+    if choice == 2 and free_conditions:
+        condition = free_conditions[rng.integers(len(free_conditions))]
+        b["conditions"] = sorted(b["conditions"] + [condition], key=list(CONDITIONS).index)
+        return {"new_condition": condition}
+    return {"new_symptom": Symptom(text=BENIGN_SYMPTOMS[rng.integers(len(BENIGN_SYMPTOMS))], red_flag=False)}
+
+
+def build_query(query_id: str, user: int, kind: str, b: dict, rng: np.random.Generator, red_flag_share: float,
+                plan: dict | None, trends: list[ExerciseTrend] | None) -> CoachingQuery:
+    extra: dict = {}
+    changes: dict = {}
+    if kind == "plan_modification":
+        modification, changes = _modification(rng, b, plan)
+        extra = {"current_plan": plan, "modification": modification}
+    elif kind == "safety_adjustment":
+        extra = _safety(rng, b, red_flag_share)
+    elif kind == "progress_adaptation":
+        extra = {"current_plan": plan, "recent_trends": trends}
+    equipment = changes.get("equipment", b["equipment"])
+    referral = bool(extra.get("new_symptom") and extra["new_symptom"].red_flag)
+    constraints = constraints_for(b["profile"].experience, b["conditions"], b["injuries"], equipment,
+                                  changes.get("days", b["days"]), changes.get("minutes", b["minutes"]),
+                                  referral, changes.get("extra_avoid", ()))
+    context = QueryContext(profile=b["profile"], primary_goal=b["goals"][0], goals=b["goals"],
+                           conditions=b["conditions"], injuries=b["injuries"], medications=b["medications"],
+                           equipment=equipment, **extra)
+    p = b["profile"]
+    slices = {
+        "age_band": age_band(p.age),
+        "sex": p.sex,
+        "activity_level": p.activity_level,
+        "experience": p.experience,
+        "primary_goal": b["goals"][0],
+        "has_condition": "yes" if b["conditions"] else "no",
+        "has_injury": "yes" if b["injuries"] else "no",
+        "equipment_tier": planning.equipment_tier(equipment),
+    }
+    assert set(slices) == set(SLICE_TAGS)
+    messages = [ChatMessage(role="system", content=SYSTEM_PROMPT),
+                ChatMessage(role="user", content=render_user_message(kind, context, constraints))]
+    return CoachingQuery(query_id=query_id, user_id=user, kind=kind, messages=messages, slices=slices,
+                         constraints=constraints, context=context)
+
+
+def build_queries(ctx: RunContext) -> dict:
+    """Stage entry: write ``queries/queries.jsonl`` (sorted by query_id) and the manifest."""
+    cfg = ctx.params.queries
+    rng = np.random.default_rng([ctx.params.seed, 2])
+    world = _World(ctx)
+    users_all = world.user_ids()
+    counts = kind_counts(cfg.n_queries, cfg.kind_mix)
+    kinds = rng.permutation(np.array([k for k in QUERY_KINDS for _ in range(counts.get(k, 0))], dtype=object))
+
+    # progress adaptation needs users with at least two logged weeks of some exercise
+    n_prog = counts.get("progress_adaptation", 0)
+    chosen = rng.choice(users_all, size=len(kinds), replace=len(kinds) > len(users_all))
+    trends: dict[int, list[ExerciseTrend]] = {}
+    if n_prog:
+        sample = sorted(set(rng.choice(users_all, size=min(len(users_all), max(4 * n_prog, 50)),
+                                       replace=False).tolist()))
+        trends = world.trends(sample)
+        pool = np.array(sorted(trends))
+        if len(pool) == 0:
+            raise ValueError("no synthetic user has logged workouts to build progress queries from")
+        prog = kinds == "progress_adaptation"
+        chosen[prog] = rng.choice(pool, size=int(prog.sum()), replace=int(prog.sum()) > len(pool))
+    plans = world.current_plans(sorted(set(chosen.tolist())))
+
+    queries = []
+    for i, (user, kind) in enumerate(zip(chosen.tolist(), kinds.tolist()), start=1):
+        b = _base(world, user)
+        q = build_query(f"q{i:06d}", user, kind, b, rng, cfg.red_flag_share, plans.get(user), trends.get(user))
+        queries.append(q)
+    queries.sort(key=lambda q: q.query_id)
+    path = ctx.stage_dir(STAGE) / "queries.jsonl"
+    write_jsonl(path, queries)
+    rows = {k: sum(q.kind == k for q in queries) for k in QUERY_KINDS}
+    referrals = sum(q.constraints.referral_required for q in queries)
+    log.info("queries: %d written (%s), %d need referral", len(queries), rows, referrals)
+    write_manifest(ctx, STAGE, {"queries": path}, rows={"queries": len(queries), **rows},
+                   extra={"referral_required": referrals})
+    return {"queries": len(queries), "by_kind": rows, "referral_required": referrals}
