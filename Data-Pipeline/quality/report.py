@@ -121,7 +121,9 @@ def write_report(path: Path, *, run_id: str, dataset_run_id: str | None, gate: d
     lines += ["", f"![anomalies]({charts['anomalies']})", ""]
 
     lines += ["## 4. Drift", ""]
-    if drift.get("reference"):
+    if drift.get("error"):
+        lines += [f"Failed: {drift['error']}"]
+    elif drift.get("reference"):
         lines += [f"Reference: `{drift['reference']}`; {drift['drifted']} of {drift['compared_columns']} columns "
                   f"above PSI {drift['threshold']}.", ""]
         lines += _table(["artifact", "column", "type", "PSI", "chi2 p", "drifted"],
