@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
@@ -82,9 +83,11 @@ def insert_tables(engine: Engine, source_dir: Path, tables: list[str], chunk_row
                 frame = batch.to_pandas()  # dates arrive as datetime.date, stored as DATE by each dialect
                 try:
                     frame.to_sql(table, conn, if_exists="append", index=False)
-                except DBAPIError as exc:
+                except (DBAPIError, pd.errors.DatabaseError) as exc:
+                    cause = exc if isinstance(exc, DBAPIError) else exc.__cause__  # pandas wraps the driver error
+                    reason = getattr(cause, "orig", None) or exc
                     raise DatabaseLoadError(
-                        f"{path.name} -> table {table}: rows {n + 1}..{n + len(frame)} rejected: {exc.orig}"
+                        f"{path.name} -> table {table}: rows {n + 1}..{n + len(frame)} rejected: {reason}"
                     ) from None
                 n += len(frame)
         counts[table] = n
