@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fitsense.catalogue import CONDITIONS, EQUIPMENT_TIERS, INJURY_SITES
+from fitsense.catalogue import EQUIPMENT_TIERS
+from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,17 @@ def _literal(model, name: str) -> list[str]:
     return list(typing.get_args(model.model_fields[name].annotation))
 
 
-# Allowed slice values. Tags without a closed vocabulary here get not-null checks only.
+# Allowed slice values. Tags without a closed vocabulary here would get not-null checks only.
 SLICE_VALUES: dict[str, list[str]] = {
     "sex": _literal(Profile, "sex"),
     "activity_level": _literal(Profile, "activity_level"),
     "experience": _literal(Profile, "experience"),
     "primary_goal": _literal(QueryContext, "primary_goal"),
     "equipment_tier": list(EQUIPMENT_TIERS),
+    "age_band": sorted({age_band(a) for a in range(13, 101)}),  # the query stage's own banding
+    "has_condition": ["no", "yes"],
+    "has_injury": ["no", "yes"],
 }
-BINARY_SLICES = ("has_condition", "has_injury")
-BINARY_VALUES = ["yes", "no", "true", "false", "True", "False"]
 
 
 @dataclass
@@ -198,9 +200,6 @@ def _slice_expectations(frame: pd.DataFrame) -> list:
         if tag in SLICE_VALUES:
             exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=SLICE_VALUES[tag],
                                                         meta={"severity": CRITICAL}))
-        elif tag in BINARY_SLICES:
-            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=BINARY_VALUES,
-                                                        meta={"severity": CRITICAL}))
     return exps
 
 
@@ -304,6 +303,8 @@ def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | No
     kwargs = cfg["kwargs"]
     column = kwargs.get("column") or kwargs.get("column_list")
     examples = _jsonable(result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
+    # record ids first, then the offending value
+    examples = [{**{k: ex[k] for k in suite.id_columns if k in ex}, **ex} for ex in examples]
     detail = ""
     if examples:
         shown = "; ".join(", ".join(f"{k}={v}" for k, v in ex.items()) for ex in examples)
@@ -312,6 +313,8 @@ def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | No
         detail = f": observed {_jsonable(result['observed_value'])!r}"
     elif exception:
         detail = f": error {exception}"
+    elif isinstance(column, str) and column in suite.frame and suite.frame[column].dtype == object:
+        detail = ": the column holds values of the wrong type (see its type expectation)"
     limits = {k: kwargs[k] for k in ("min_value", "max_value", "mostly") if kwargs.get(k) is not None}
     limits_text = f" {limits}" if limits else ""
     fk = cfg.get("meta", {}).get("foreign_key")
