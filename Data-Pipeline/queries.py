@@ -128,22 +128,21 @@ class _World:
             rest_s=("rest_s", "first"))
         pex = pex.join(per_ex, on="plan_exercise_id").sort_values(["plan_day_id", "position"])
         pex["name"] = pex["exercise_id"].map(self.exercise_names)
-        out = {}
-        by_day = {k: g for k, g in pex.groupby("plan_day_id")}
-        for plan in plans.itertuples():
-            plan_days = days[days.plan_id == plan.plan_id].sort_values("day_number")
-            out[int(plan.user_id)] = {
-                "plan_name": plan.name,
-                "days": [
-                    {"day": int(d.day_number), "name": d.name,
-                     "exercises": [{"name": e.name, "sets": int(e.sets), "reps": int(e.reps), "rir": int(e.rir),
-                                    "rest_s": int(e.rest_s)} for e in by_day[d.plan_day_id].itertuples()]}
-                    for d in plan_days.itertuples()
-                ],
-                "notes": "",
-                "safety": {"flags": [], "referral_required": False},
-            }
-        return out
+        exercises_by_day: dict[int, list[dict]] = {}
+        for day_id, name, n_sets, reps, rir, rest in zip(*(pex[c].tolist() for c in (
+                "plan_day_id", "name", "sets", "reps", "rir", "rest_s"))):
+            exercises_by_day.setdefault(day_id, []).append(
+                {"name": name, "sets": int(n_sets), "reps": int(reps), "rir": int(rir), "rest_s": int(rest)})
+        days_by_plan: dict[int, list[dict]] = {}
+        for plan_id, day_id, number, name in zip(*(days.sort_values(["plan_id", "day_number"])[c].tolist() for c in (
+                "plan_id", "plan_day_id", "day_number", "name"))):
+            days_by_plan.setdefault(plan_id, []).append(
+                {"day": int(number), "name": name, "exercises": exercises_by_day[day_id]})
+        return {
+            int(user): {"plan_name": name, "days": days_by_plan[plan_id], "notes": "",
+                        "safety": {"flags": [], "referral_required": False}}
+            for user, plan_id, name in zip(plans["user_id"].tolist(), plans["plan_id"].tolist(), plans["name"].tolist())
+        }
 
     def trends(self, users: list[int]) -> dict[int, list[ExerciseTrend]]:
         """Per user, the exercises with the clearest trend over the last TREND_WEEKS logged weeks."""
@@ -157,16 +156,25 @@ class _World:
         df["name"] = df["exercise_id"].map(self.exercise_names)
         weekly = (df.groupby(["user_id", "name", "week"]).agg(top=("reps", "max"), rir=("rir", "mean"))
                   .reset_index().sort_values(["user_id", "name", "week"]))
+        # least-squares slope of top reps per week, per user and exercise (vectorised)
+        weekly["wt"] = weekly["week"] * weekly["top"]
+        weekly["ww"] = weekly["week"] ** 2
+        g = weekly.groupby(["user_id", "name"], sort=True)
+        fit = g.agg(n=("week", "size"), w=("week", "sum"), t=("top", "sum"), wt=("wt", "sum"), ww=("ww", "sum"),
+                    tops=("top", list), rirs=("rir", list)).reset_index()
+        fit = fit[fit["n"] >= 2]
+        fit["slope"] = (fit.n * fit.wt - fit.w * fit.t) / (fit.n * fit.ww - fit.w ** 2)
+        fit = fit.assign(strength=fit["slope"].abs()).sort_values(["user_id", "strength", "name"],
+                                                                  ascending=[True, False, True])
         out: dict[int, list[ExerciseTrend]] = {}
-        for (user, name), g in weekly.groupby(["user_id", "name"], sort=True):
-            if len(g) < 2:
+        for user, name, slope, tops, rirs in zip(*(fit[c].tolist() for c in ("user_id", "name", "slope", "tops", "rirs"))):
+            items = out.setdefault(int(user), [])
+            if len(items) == 3:
                 continue
-            slope = float(np.polyfit(g["week"].to_numpy(float), g["top"].to_numpy(float), 1)[0])
             trend = "progressing" if slope >= TREND_SLOPE else "regressing" if slope <= -TREND_SLOPE else "stalled"
-            out.setdefault(int(user), []).append((abs(slope), name, ExerciseTrend(
-                name=name, weekly_top_reps=g["top"].astype(int).tolist(),
-                weekly_avg_rir=[round(float(r), 1) for r in g["rir"]], trend=trend)))
-        return {u: [t for _, _, t in sorted(items, key=lambda x: (-x[0], x[1]))[:3]] for u, items in out.items()}
+            items.append(ExerciseTrend(name=name, weekly_top_reps=[int(t) for t in tops],
+                                       weekly_avg_rir=[round(float(r), 1) for r in rirs], trend=trend))
+        return out
 
 
 def _base(world: _World, user: int) -> dict:

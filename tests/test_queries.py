@@ -1,0 +1,226 @@
+"""Coaching queries: constraints follow the profile, every kind present, safety referrals, slices, prompts."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT, exercises_to_avoid, usable_exercises
+from fitsense.config import load_params
+from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan
+from fitsense.data.queries import BENIGN_SYMPTOMS, HOME_ONLY, RED_FLAG_SYMPTOMS, build_queries, kind_counts
+from fitsense.data.synthetic import generate_synthetic_data
+from fitsense.plan import CoachAnswer
+from fitsense.records import QUERY_KINDS, SLICE_TAGS, CoachingQuery
+from fitsense.runs import RunContext, file_sha256, read_jsonl
+
+EXPERIENCE_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
+
+
+def _ctx(root, seed=5, n_queries=300) -> RunContext:
+    overrides = {"run.artifacts_dir": str(root), "seed": seed, "synthetic.n_users": 150,
+                 "queries.n_queries": n_queries}
+    return RunContext.create(load_params(root / "none.yaml", overrides))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    ctx = _ctx(tmp_path_factory.mktemp("queries"))
+    generate_synthetic_data(ctx)
+    build_queries(ctx)
+    queries = read_jsonl(ctx.require("queries", "queries.jsonl"), CoachingQuery)
+    return ctx, queries
+
+
+@pytest.fixture(scope="module")
+def facts(run) -> dict[int, dict]:
+    """Per user, the facts read straight from the Parquet tables (independently of the query code)."""
+    ctx, _ = run
+    folder = ctx.stage_dir("synthetic")
+    read = lambda t: pq.read_table(folder / f"{t}.parquet").to_pandas()  # noqa: E731
+    profiles = read("profiles").set_index("user_id")
+    eq = read("user_equipment").merge(read("equipment"), on="equipment_id")
+    injuries = read("injuries").query("status != 'resolved'")
+    conditions = read("medical_conditions")
+    goals = read("goals").query("priority == 1").set_index("user_id")["goal"]
+    out = {}
+    for user, prof in profiles.iterrows():
+        out[user] = {
+            "experience": prof["experience"],
+            "days": int(prof["days_available"]),
+            "minutes": int(prof["session_minutes"]),
+            "equipment": sorted(eq.loc[eq.user_id == user, "name"], key=EQUIPMENT.index),
+            "conditions": set(conditions.loc[conditions.user_id == user, "condition"]),
+            "live_sites": set(injuries.loc[injuries.user_id == user, "site"]),
+            "goal": goals[user],
+        }
+    return out
+
+
+def test_kinds_ids_and_manifest(run):
+    ctx, queries = run
+    assert [q.query_id for q in queries] == [f"q{i:06d}" for i in range(1, len(queries) + 1)]
+    counts = Counter(q.kind for q in queries)
+    assert set(counts) == set(QUERY_KINDS)
+    assert counts == kind_counts(300, ctx.params.queries.kind_mix)
+    manifest = ctx.manifest("queries")
+    assert manifest["rows"] == {"queries": 300, **counts}
+
+
+def test_kind_counts_follow_the_mix():
+    assert kind_counts(10, {"plan_creation": 1, "safety_adjustment": 1}) == {"plan_creation": 5, "safety_adjustment": 5}
+    counts = kind_counts(7, {"plan_creation": 0.3, "plan_modification": 0.25, "safety_adjustment": 0.2,
+                             "progress_adaptation": 0.25})
+    assert sum(counts.values()) == 7 and min(counts.values()) >= 1
+
+
+def test_constraints_match_the_profile(run, facts):
+    _, queries = run
+    for q in queries:
+        f, c, ctx = facts[q.user_id], q.constraints, q.context
+        # context carries the stored facts (plus any new injury / condition of a safety query)
+        assert f["conditions"] <= set(ctx.conditions)
+        assert f["live_sites"] <= {i.site for i in ctx.injuries}
+        sites = [i.site for i in ctx.injuries]
+        assert set(exercises_to_avoid(sites, ctx.conditions)) <= set(c.avoid_exercises)
+        floors = [EXPERIENCE_FLOOR[f["experience"]]] + [CONDITIONS[x]["rir_floor"] for x in ctx.conditions]
+        assert c.rir_floor == max(floors)
+        assert usable_exercises(c.available_equipment, c.avoid_exercises), q.query_id  # satisfiable
+        assert ctx.primary_goal == f["goal"] == ctx.goals[0]
+        modification = ctx.modification or ""
+        if "home" in modification or "bodyweight only" in modification:
+            assert set(c.available_equipment) < set(f["equipment"])
+            assert set(c.available_equipment) <= set(HOME_ONLY)
+        else:
+            assert c.available_equipment == f["equipment"]
+        if "days a week" in modification:
+            assert c.days_per_week != f["days"] and f"{c.days_per_week} days a week" in modification
+        else:
+            assert c.days_per_week == f["days"]
+        if "minutes" in modification:
+            assert c.session_minutes < f["minutes"]
+        else:
+            assert c.session_minutes == f["minutes"]
+        if "swap" in modification:
+            swapped = modification.split("I don't like ")[1].split(";")[0]
+            assert swapped in c.avoid_exercises
+
+
+def test_current_plans_and_trends_in_context(run):
+    _, queries = run
+    for q in queries:
+        if q.kind in ("plan_modification", "progress_adaptation"):
+            CoachAnswer.model_validate(q.context.current_plan)
+        else:
+            assert q.context.current_plan is None
+        if q.kind == "progress_adaptation":
+            assert 1 <= len(q.context.recent_trends) <= 3
+            for t in q.context.recent_trends:
+                assert len(t.weekly_top_reps) == len(t.weekly_avg_rir) >= 2
+                assert t.name in BY_NAME
+        if q.kind == "plan_modification":
+            assert q.context.modification
+
+
+def test_red_flags_require_referral_and_nothing_else_does(run):
+    _, queries = run
+    safety = [q for q in queries if q.kind == "safety_adjustment"]
+    red = [q for q in safety if q.context.new_symptom and q.context.new_symptom.red_flag]
+    assert 0 < len(red) < len(safety)
+    assert any(q.context.new_injury for q in safety) and any(q.context.new_condition for q in safety)
+    assert any(q.context.new_symptom and not q.context.new_symptom.red_flag for q in safety)
+    for q in queries:
+        symptom = q.context.new_symptom
+        is_red = bool(symptom and symptom.red_flag)
+        assert q.constraints.referral_required == is_red, q.query_id
+        if symptom:
+            assert symptom.text in (RED_FLAG_SYMPTOMS if is_red else BENIGN_SYMPTOMS)
+            assert symptom.text in q.messages[1].content
+        if q.context.new_injury:
+            assert q.context.new_injury in q.context.injuries
+        if q.context.new_condition:
+            assert q.context.new_condition in q.context.conditions
+            if q.context.new_condition == "pregnancy":
+                assert q.context.profile.sex == "female" and q.context.profile.age <= 45
+
+
+def test_slices_complete_and_consistent(run):
+    _, queries = run
+    for q in queries:
+        assert list(q.slices) == list(SLICE_TAGS) or set(q.slices) == set(SLICE_TAGS)
+        assert all(isinstance(v, str) and v for v in q.slices.values())
+        assert q.slices["has_condition"] == ("yes" if q.context.conditions else "no")
+        assert q.slices["has_injury"] == ("yes" if q.context.injuries else "no")
+        assert q.slices["sex"] == q.context.profile.sex
+        assert q.slices["primary_goal"] == q.context.primary_goal
+        assert q.slices["equipment_tier"] in ("bodyweight", "home", "full_gym")
+        age = q.context.profile.age
+        assert q.slices["age_band"] == ("18-29" if age < 30 else "30-44" if age < 45 else "45-59" if age < 60 else "60+")
+
+
+def test_prompt_states_the_constraints(run):
+    _, queries = run
+    for q in queries:
+        system, user = q.messages
+        assert system.role == "system" and system.content == SYSTEM_PROMPT
+        text, c = user.content, q.constraints
+        assert f"{c.days_per_week} days/week" in text
+        assert f"{c.session_minutes} min/session" in text
+        assert f"max {c.max_exercises_per_day} exercises/day" in text
+        assert f"RIR {c.rir_floor}+" in text
+        assert f"{q.context.profile.age}-year-old" in text
+        have = set(c.available_equipment) | {"bodyweight"}
+        for name in c.avoid_exercises:
+            if set(BY_NAME[name].equipment) <= have:  # avoidable exercises the user could otherwise pick
+                assert name in text, (q.query_id, name)
+        for condition in q.context.conditions:
+            assert condition.replace("_", " ") in text
+        for injury in q.context.injuries:
+            assert injury.site.replace("_", " ") in text
+        if q.kind == "plan_modification":
+            assert q.context.modification in text and "Current plan" in text
+        if q.kind == "progress_adaptation":
+            assert all(t.name in text for t in q.context.recent_trends)
+
+
+def test_compact_plan_references_repeated_days():
+    day = {"name": "Full Body", "exercises": [{"name": "Push-Up", "sets": 3, "reps": 10, "rir": 2, "rest_s": 60}]}
+    plan = {"plan_name": "p", "days": [{"day": 1, **day}, {"day": 2, **day}]}
+    text = compact_plan(plan)
+    assert "D1 Full Body: Push-Up" in text and "D2 Full Body: as D1" in text and "RIR 2" in text
+
+
+def test_deterministic_for_the_seed(run, tmp_path):
+    ctx, _ = run
+    again = _ctx(tmp_path / "again")
+    generate_synthetic_data(again)
+    build_queries(again)
+    first = file_sha256(ctx.require("queries", "queries.jsonl"))
+    assert file_sha256(again.require("queries", "queries.jsonl")) == first
+    other = _ctx(tmp_path / "other", seed=6)
+    generate_synthetic_data(other)
+    build_queries(other)
+    assert file_sha256(other.require("queries", "queries.jsonl")) != first
+
+
+def test_prompts_fit_the_token_budget(run, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    _, queries = run
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert len(tok(SYSTEM_PROMPT)["input_ids"]) <= 120
+    lengths = pd.DataFrame({"kind": [q.kind for q in queries],
+                            "tokens": [len(tok(q.messages[1].content)["input_ids"]) for q in queries]})
+    median = lengths.groupby("kind")["tokens"].median()
+    assert median.drop("plan_modification").max() <= 200, median.to_dict()
+    assert median["plan_modification"] <= 260, median.to_dict()  # it carries the current plan
+    assert statistics.quantiles(lengths["tokens"], n=20)[-1] <= 400
+
+
+def test_missing_synthetic_stage_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="synthetic"):
+        build_queries(_ctx(tmp_path))
