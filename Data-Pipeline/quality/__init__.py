@@ -51,7 +51,7 @@ def run_data_quality(ctx: RunContext) -> dict:
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    suites = gxmod.synthetic_suites(tables.synthetic, schema)
+    suites = gxmod.synthetic_suites(tables.synthetic, schema, ctx.params.synthetic.anchor_date)
     users = tables.synthetic.get("users")
     query_ids = tables.queries["query_id"].dropna().astype(str).tolist()
     suites.append(gxmod.query_suite(tables.queries, users["user_id"].tolist() if users is not None else None))

@@ -30,11 +30,13 @@ from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
 
 log = logging.getLogger(__name__)
+logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs every config save at INFO
 
 CRITICAL, WARNING = "critical", "warning"
 INT_TYPES = ["int", "int8", "int16", "int32", "int64", "Int64", "uint8", "uint16", "uint32", "uint64"]
 NUM_TYPES = INT_TYPES + ["float", "float32", "float64", "Float64"]
 BOOL_TYPES = ["bool", "boolean", "bool_"]
+DATE_TYPES = ["date", "datetime", "Timestamp", "datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"]
 SCHEMA_SQL = Path(__file__).resolve().parents[2] / "database" / "schema.sql"
 MAX_EXAMPLES = 5
 MAX_INLINE_SET = 500  # larger foreign-key id sets are checked through a helper column
@@ -117,8 +119,10 @@ def parse_schema(path: Path = SCHEMA_SQL) -> dict[str, TableSchema]:
         db.close()
 
 
-def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSchema]) -> list[Suite]:
+def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSchema], anchor_date=None) -> list[Suite]:
     import great_expectations.expectations as gxe
+
+    age_range = (Profile.model_fields["age"].metadata[0].ge, Profile.model_fields["age"].metadata[1].le)
 
     suites = []
     for name, spec in schema.items():
@@ -140,7 +144,14 @@ def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSch
                 helper = f"fk_{col}_in_{parent}"
                 frame[helper] = frame[col].isna() | frame[col].isin(ids)
                 fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=helper, value_set=[True], meta=meta))
-        helpers = [c for c in frame.columns if c.startswith("fk_")]
+        extra_exps = []
+        if name == "profiles" and anchor_date is not None and "birth_date" in frame.columns:
+            # the schema stores birth dates; ages must fit the profile contract on the synthetic "today"
+            birth = pd.to_datetime(frame["birth_date"], errors="coerce")
+            frame["age_years"] = ((pd.Timestamp(anchor_date) - birth).dt.days // 365.25).astype("float")
+            extra_exps.append(gxe.ExpectColumnValuesToBeBetween(column="age_years", min_value=age_range[0],
+                                                                max_value=age_range[1], meta=crit))
+        helpers = [c for c in frame.columns if c not in spec.columns]
         exps = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.columns) + helpers, exact_match=True,
                                                  meta=crit)]
         for col, (decl, not_null) in spec.columns.items():
@@ -150,6 +161,8 @@ def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSch
                 exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=INT_TYPES, meta=crit))
             elif decl == "REAL":
                 exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=NUM_TYPES, meta=crit))
+            elif decl == "DATE":
+                exps.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=DATE_TYPES, meta=crit))
         if len(spec.primary_key) == 1:
             exps.append(gxe.ExpectColumnValuesToBeUnique(column=spec.primary_key[0], meta=crit))
         elif spec.primary_key:
@@ -164,7 +177,7 @@ def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSch
             exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=values, meta=crit))
         for col, (lo, hi) in spec.ranges.items():
             exps.append(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi, meta=crit))
-        exps += fk_exps
+        exps += fk_exps + extra_exps
         # plausibility beyond the schema: warnings, not gate failures
         if name == "profiles":
             exps.append(gxe.ExpectColumnMeanToBeBetween(column="height_cm", min_value=150, max_value=190,

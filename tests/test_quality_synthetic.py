@@ -1,0 +1,66 @@
+"""Quality on real upstream stages: schema-derived synthetic suites pass real data and catch corruption."""
+
+from __future__ import annotations
+
+import random
+import shutil
+
+import pandas as pd
+import pytest
+from dq_factories import make_ctx, make_record
+
+from fitsense.data.dataset import build_distillation_dataset
+from fitsense.data.quality import DataQualityError, run_data_quality
+from fitsense.records import CoachingQuery
+from fitsense.runs import read_jsonl, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    from fitsense.data.queries import build_queries
+    from fitsense.data.synthetic import generate_synthetic_data
+
+    root = tmp_path_factory.mktemp("quality_real")
+    ctx = make_ctx(root, run_id="real", **{"synthetic.n_users": 40, "queries.n_queries": 90})
+    generate_synthetic_data(ctx)
+    build_queries(ctx)
+    # teacher answers from the test factory (valid plans for each query's constraints)
+    rng = random.Random(0)
+    queries = read_jsonl(ctx.stage_dir("queries") / "queries.jsonl", CoachingQuery)
+    write_jsonl(ctx.stage_dir("teacher") / "records.jsonl", [make_record(rng, q) for q in queries])
+    build_distillation_dataset(ctx)
+    return root, ctx, run_data_quality(ctx)
+
+
+def test_real_upstream_passes_schema_suites(real_run):
+    import json
+
+    _, ctx, summary = real_run
+    assert summary["passed"]
+    validation = json.loads((ctx.stage_dir("quality") / "validation.json").read_text())
+    suites = {s["suite"]: s for s in validation["suites"]}
+    for table in ("users", "profiles", "workouts", "workout_sets", "daily_logs"):
+        assert suites[f"synthetic.{table}"]["evaluated"] > 3 and not suites[f"synthetic.{table}"]["failed"]
+
+
+def test_corrupt_synthetic_tables_fail_naming_rows(real_run):
+    root, ctx, _ = real_run
+    shutil.copytree(ctx.run_dir, root / "artifacts" / "bad", ignore=shutil.ignore_patterns("quality"))
+    bad = make_ctx(root, run_id="bad", **{"synthetic.n_users": 40, "queries.n_queries": 90})
+    synth = bad.stage_dir("synthetic")
+
+    profiles = pd.read_parquet(synth / "profiles.parquet")
+    tall_user = int(profiles.loc[3, "user_id"])
+    profiles.loc[3, "height_cm"] = 420.0  # out of the schema's CHECK range
+    profiles.to_parquet(synth / "profiles.parquet", index=False)
+    workouts = pd.read_parquet(synth / "workouts.parquet")
+    orphan = int(workouts.loc[0, "workout_id"])
+    workouts.loc[0, "user_id"] = 99_999  # no such user: a broken foreign key
+    workouts.to_parquet(synth / "workouts.parquet", index=False)
+
+    with pytest.raises(DataQualityError) as err:
+        run_data_quality(bad)
+    msg = str(err.value)
+    assert "suite synthetic.profiles" in msg and "height_cm" in msg and f"user_id={tall_user}" in msg
+    assert "suite synthetic.workouts" in msg and "references users.user_id" in msg
+    assert f"workout_id={orphan}" in msg
