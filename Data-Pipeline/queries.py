@@ -99,8 +99,15 @@ class _World:
     def __init__(self, ctx: RunContext):
         src = ctx.require("synthetic", "manifest.json").parent
         self.anchor = ctx.params.synthetic.anchor_date
-        read = lambda t, **kw: pq.read_table(src / f"{t}.parquet", **kw).to_pandas()  # noqa: E731
-        self.read = read
+        self.read = lambda t, **kw: pq.read_table(src / f"{t}.parquet", **kw).to_pandas()
+        self.all_users = self.read("profiles", columns=["user_id"])["user_id"].to_numpy()
+        self.exercise_names = self.read("exercises").set_index("exercise_id")["name"]
+
+    def load_users(self, users: list[int]) -> "_World":
+        """Read the profile-level tables for these users only (cheap at 100k+ users)."""
+        def read(table, **kw):
+            return self.read(table, filters=[("user_id", "in", users)], **kw)
+
         self.profiles = read("profiles").set_index("user_id")
         self.goals = read("goals").sort_values(["user_id", "priority"]).groupby("user_id")["goal"].agg(list)
         cond = read("medical_conditions")
@@ -109,14 +116,14 @@ class _World:
         inj = inj[inj["status"] != "resolved"].sort_values(["user_id", "site"])
         self.injuries = inj.groupby("user_id")[["site", "status"]].apply(lambda f: list(zip(f.site, f.status)))
         self.medications = read("medications").groupby("user_id")["name"].agg(lambda s: sorted(set(s)))
-        ue = read("user_equipment").merge(read("equipment"), on="equipment_id")
+        ue = read("user_equipment").merge(self.read("equipment"), on="equipment_id")
         self.equipment = ue.groupby("user_id")["name"].agg(lambda s: sorted(s, key=EQUIPMENT.index))
         weights = read("daily_logs", columns=["user_id", "log_date", "body_weight_kg"])
         self.latest_weight = weights.sort_values(["user_id", "log_date"]).groupby("user_id")["body_weight_kg"].last()
-        self.exercise_names = read("exercises").set_index("exercise_id")["name"]
+        return self
 
     def user_ids(self) -> np.ndarray:
-        return self.profiles.index.to_numpy()
+        return self.all_users
 
     def current_plans(self, users: list[int]) -> dict[int, dict]:
         plans = self.read("workout_plans", filters=[("user_id", "in", users), ("is_current", "=", 1)])
@@ -307,7 +314,9 @@ def build_queries(ctx: RunContext) -> dict:
             raise ValueError("no synthetic user has logged workouts to build progress queries from")
         prog = kinds == "progress_adaptation"
         chosen[prog] = rng.choice(pool, size=int(prog.sum()), replace=int(prog.sum()) > len(pool))
-    plans = world.current_plans(sorted(set(chosen.tolist())))
+    needed = sorted(set(chosen.tolist()))
+    world.load_users(needed)
+    plans = world.current_plans(needed)
 
     queries = []
     for i, (user, kind) in enumerate(zip(chosen.tolist(), kinds.tolist()), start=1):

@@ -162,6 +162,7 @@ def test_logged_performance_progresses_stalls_or_regresses(world):
 def test_every_current_plan_is_valid_for_its_user(run_ctx):
     w = _World(run_ctx)
     users = [int(u) for u in w.user_ids()]
+    w.load_users(users)
     plans = w.current_plans(users)
     assert sorted(plans) == users
     for user in users:
