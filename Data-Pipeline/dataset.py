@@ -90,28 +90,36 @@ def _exact_key(c: Candidate) -> str:
     return hashlib.sha256(normalise_text(c.user_text + "\n" + c.answer_text).encode()).hexdigest()
 
 
-def _greedy_near_dups(sim: np.ndarray, threshold: float) -> list[int]:
-    """Indices to drop: each item similar (>= threshold) to an earlier kept item."""
-    kept: list[int] = []
+def _greedy_near_dups(vectors, threshold: float, block: int = 1024) -> list[int]:
+    """Indices to drop: each row similar (cosine >= threshold) to an earlier kept row.
+
+    ``vectors`` are L2-normalised (sparse or dense), so a dot product is the cosine. Rows are
+    compared in blocks, so memory stays at ``block x n`` however large the dataset.
+    """
+    n = vectors.shape[0]
+    kept = np.zeros(n, dtype=bool)
     dropped: list[int] = []
-    for i in range(sim.shape[0]):
-        if kept and float(sim[i, kept].max()) >= threshold:
-            dropped.append(i)
-        else:
-            kept.append(i)
+    for start in range(0, n, block):
+        sim = vectors[start : start + block] @ vectors.T
+        sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
+        for r in range(sim.shape[0]):
+            i = start + r
+            if (kept[:i] & (sim[r, :i] >= threshold)).any():
+                dropped.append(i)
+            else:
+                kept[i] = True
     return dropped
 
 
-def _tfidf_similarity(texts: list[str]) -> np.ndarray:
+def _tfidf_vectors(texts: list[str]):
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics.pairwise import cosine_similarity
 
-    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(texts)
-    return cosine_similarity(vectors, dense_output=True)
+    # char n-grams within word boundaries: robust to small edits; rows come L2-normalised
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(texts)
 
 
-def _embedding_similarity(texts: list[str]) -> np.ndarray:
-    """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooled, normalised)."""
+def _embedding_vectors(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2-normalised)."""
     try:
         package = importlib.import_module(EMBEDDING_MODULE)
     except ImportError:
@@ -138,8 +146,7 @@ def _embedding_similarity(texts: list[str]) -> np.ndarray:
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
-    emb = torch.cat(out).numpy()
-    return emb @ emb.T
+    return torch.cat(out).numpy()
 
 
 def deduplicate(cands: list[Candidate], mode: str, threshold: float) -> tuple[list[Candidate], Counter]:
@@ -157,7 +164,7 @@ def deduplicate(cands: list[Candidate], mode: str, threshold: float) -> tuple[li
     if mode == "exact":
         return unique, dropped
 
-    similarity = _tfidf_similarity if mode == "near" else _embedding_similarity
+    vectorise = _tfidf_vectors if mode == "near" else _embedding_vectors
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(unique):
         by_kind[c.query.kind].append(i)
@@ -166,7 +173,7 @@ def deduplicate(cands: list[Candidate], mode: str, threshold: float) -> tuple[li
         if len(idx) < 2:
             continue
         texts = [normalise_text(unique[i].user_text + "\n" + unique[i].answer_text) for i in idx]
-        for j in _greedy_near_dups(similarity(texts), threshold):
+        for j in _greedy_near_dups(vectorise(texts), threshold):
             drop.add(idx[j])
     dropped[f"{mode}_duplicate"] += len(drop)
     return [c for i, c in enumerate(unique) if i not in drop], dropped
