@@ -7,11 +7,30 @@ LoRA weights, so the "fine-tuned" student answers differently from the base.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 from dq_factories import make_ctx, write_inputs
 
-from fitsense.runs import RunContext, write_json
+from fitsense.runs import RunContext, atomic_path, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fresh_tracking_uri(folder: Path) -> str:
+    """A new SQLite MLflow store in ``folder``, copied from a migrated template (migrating one takes ~10 s)."""
+    import mlflow
+
+    cache = Path(os.environ.get("FITSENSE_TEST_CACHE", REPO / ".cache" / "test"))
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if not template.exists():
+        with atomic_path(template) as tmp:
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "mlruns.db"
+    shutil.copyfile(template, db)
+    return f"sqlite:///{db}"
 
 
 def make_adapter(model_dir: Path, out_dir: Path) -> Path:
@@ -37,11 +56,12 @@ def make_eval_run(tmp_path: Path, model_dir: Path, adapter_dir: Path, run_id: st
     from fitsense.data.dataset import build_distillation_dataset
 
     defaults = {
-        "registry.tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
         "registry.artifact_location": str(tmp_path / "mlartifacts"),
         "training.base_model": str(model_dir),
         "training.device": "cpu",
     }
+    if "registry.tracking_uri" not in overrides:
+        defaults["registry.tracking_uri"] = fresh_tracking_uri(tmp_path)
     ctx = make_ctx(tmp_path, run_id, **{**defaults, **overrides})
     write_inputs(ctx, n_users=n_users)
     build_distillation_dataset(ctx)
