@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from fitsense.runs import RunContext, atomic_path
@@ -58,62 +58,77 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def create_schema(engine: Engine, path: Path = SCHEMA_PATH) -> list[str]:
+def create_schema(conn: Connection, path: Path = SCHEMA_PATH) -> list[str]:
     """Drop (children first) and create every table of schema.sql; returns the tables."""
     tables = schema_tables(path)
-    with engine.begin() as conn:
-        for table in reversed(tables):
-            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
-        for statement in schema_statements(path):
-            conn.execute(text(statement))
+    for table in reversed(tables):
+        conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    for statement in schema_statements(path):
+        conn.execute(text(statement))
     return tables
 
 
-def insert_tables(engine: Engine, source_dir: Path, tables: list[str], chunk_rows: int = CHUNK_ROWS) -> dict[str, int]:
+def _copy_rows(table, conn, keys, data_iter) -> int:
+    """pandas ``to_sql`` insert method for PostgreSQL: COPY FROM STDIN (psycopg 3), far faster than INSERTs."""
+    columns = ", ".join(keys)
+    n = 0
+    with conn.connection.cursor() as cur:
+        with cur.copy(f"COPY {table.name} ({columns}) FROM STDIN") as copy:
+            for row in data_iter:
+                copy.write_row(row)
+                n += 1
+    return n
+
+
+def insert_tables(conn: Connection, source_dir: Path, tables: list[str], chunk_rows: int = CHUNK_ROWS) -> dict[str, int]:
     """Insert ``<table>.parquet`` from ``source_dir`` for each table, in order; returns rows inserted."""
+    dialect = conn.engine.dialect
+    method = _copy_rows if dialect.name == "postgresql" and dialect.driver == "psycopg" else None
+    driver = getattr(dialect, "loaded_dbapi", None)
+    errors = (DBAPIError, pd.errors.DatabaseError) + ((driver.Error,) if driver else ())
     counts: dict[str, int] = {}
     for table in tables:
         path = source_dir / f"{table}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the synthetic run has no '{table}' table")
-        parquet = pq.ParquetFile(path)
         n = 0
-        with engine.begin() as conn:
-            for batch in parquet.iter_batches(batch_size=chunk_rows):
-                frame = batch.to_pandas()  # dates arrive as datetime.date, stored as DATE by each dialect
-                try:
-                    frame.to_sql(table, conn, if_exists="append", index=False)
-                except (DBAPIError, pd.errors.DatabaseError) as exc:
-                    cause = exc if isinstance(exc, DBAPIError) else exc.__cause__  # pandas wraps the driver error
-                    reason = getattr(cause, "orig", None) or exc
-                    raise DatabaseLoadError(
-                        f"{path.name} -> table {table}: rows {n + 1}..{n + len(frame)} rejected: {reason}"
-                    ) from None
-                n += len(frame)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            frame = batch.to_pandas()  # dates arrive as datetime.date, stored as DATE by each dialect
+            try:
+                frame.to_sql(table, conn, if_exists="append", index=False, method=method)
+            except errors as exc:
+                cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) else exc  # pandas wraps it
+                reason = getattr(cause, "orig", None) or cause or exc
+                raise DatabaseLoadError(
+                    f"{path.name} -> table {table}: rows {n + 1}..{n + len(frame)} rejected: {reason}"
+                ) from None
+            n += len(frame)
         counts[table] = n
         log.info("db: %s %d rows", table, n)
     return counts
 
 
-def table_counts(engine: Engine, tables: list[str]) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in tables}
+def table_counts(conn: Connection, tables: list[str]) -> dict[str, int]:
+    return {t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in tables}
 
 
 def load_tables(url: str, source_dir: Path) -> dict[str, int]:
-    """Create the schema at ``url`` and load every table from ``source_dir``; verified row counts."""
+    """Create the schema at ``url`` and load every table from ``source_dir``; verified row counts.
+
+    One transaction: on PostgreSQL (transactional DDL) a failed load leaves the previous data untouched.
+    """
     engine = make_engine(url)
     try:
-        tables = create_schema(engine)
-        inserted = insert_tables(engine, source_dir, tables)
-        counts = table_counts(engine, tables)
-        if counts != inserted:
-            raise DatabaseLoadError(f"row counts differ after load: inserted {inserted}, found {counts}")
-        if engine.dialect.name == "sqlite":
-            with engine.connect() as conn:
+        with engine.begin() as conn:
+            tables = create_schema(conn)
+            inserted = insert_tables(conn, source_dir, tables)
+            counts = table_counts(conn, tables)
+            if counts != inserted:
+                raise DatabaseLoadError(f"row counts differ after load: inserted {inserted}, found {counts}")
+            if engine.dialect.name == "sqlite":
                 orphans = conn.execute(text("PRAGMA foreign_key_check")).fetchall()
-            if orphans:
-                raise DatabaseLoadError(f"foreign key check failed: {orphans[:5]}")
+                if orphans:
+                    raise DatabaseLoadError(f"foreign key check failed: {orphans[:5]}")
         return counts
     finally:
         engine.dispose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -104,3 +106,36 @@ def test_explicit_url_and_missing_run(loaded, tmp_path):
     empty = RunContext.create(load_params(tmp_path / "none.yaml", {"run.artifacts_dir": str(tmp_path / "empty")}))
     with pytest.raises(FileNotFoundError, match="synthetic"):
         load_run_into_database(empty)
+
+
+POSTGRES_URL = os.environ.get("FITSENSE_TEST_POSTGRES_URL")  # e.g. postgresql+psycopg://user@/db?host=/tmp/sock
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="set FITSENSE_TEST_POSTGRES_URL to a scratch PostgreSQL database")
+def test_postgres_load_and_constraints(loaded):
+    ctx, result = loaded
+    again = load_run_into_database(ctx, POSTGRES_URL)
+    assert again["rows"] == result["rows"]
+    engine = make_engine(POSTGRES_URL)
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO plan_sets (plan_set_id, plan_exercise_id, set_number, target_reps, "
+                              "target_rir, rest_s) VALUES (999999, 1, 9, 10, 9, 60)"))
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM users WHERE user_id = 1"))
+    engine.dispose()
+    folder = ctx.stage_dir("synthetic")
+    original = pq.read_table(folder / "plan_sets.parquet")
+    bad = original.set_column(original.schema.get_field_index("target_rir"), "target_rir",
+                              pa.array([9] * original.num_rows, type=pa.int64()))
+    pq.write_table(bad, folder / "plan_sets.parquet")
+    try:
+        with pytest.raises(DatabaseLoadError, match="plan_sets"):
+            load_run_into_database(ctx, POSTGRES_URL)
+    finally:
+        pq.write_table(original, folder / "plan_sets.parquet")
+    engine = make_engine(POSTGRES_URL)
+    with engine.connect() as conn:  # the failed load rolled back: the earlier load is intact
+        assert conn.execute(text("SELECT COUNT(*) FROM plan_sets")).scalar_one() == result["rows"]["plan_sets"]
+    engine.dispose()
