@@ -111,6 +111,7 @@ def teacher_serve(
     port: int = 8765,
     latency_ms: Annotated[Optional[float], typer.Option(help="injected latency per request")] = None,
     fault_rate: Annotated[Optional[float], typer.Option(help="share of requests that fail")] = None,
+    queries: Annotated[Optional[Path], typer.Option(help="queries.jsonl to answer (default: the run's queries)")] = None,
 ) -> None:
     """Serve the offline teacher as an OpenAI-compatible chat-completions endpoint."""
     from fitsense.data.teacher.server import serve
@@ -119,7 +120,7 @@ def teacher_serve(
     faults = p.teacher.faults.model_copy(
         update={k: v for k, v in {"latency_ms": latency_ms, "rate": fault_rate}.items() if v is not None}
     )
-    serve(p, host=host, port=port, faults=faults)
+    serve(p, host=host, port=port, faults=faults, queries_path=queries)
 
 
 @app.command()

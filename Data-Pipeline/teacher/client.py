@@ -1,0 +1,171 @@
+"""The two teachers behind one async interface: ``await teacher.complete(messages) -> Completion``.
+
+- ``OfflineTeacher`` (provider ``offline``): the rule-based expert, answering
+  the query whose system + first user message match; free and deterministic.
+- ``OpenAITeacher`` (provider ``openai``): any OpenAI-compatible endpoint via
+  the official SDK. SDK retries are off (``max_retries=0``): capture owns
+  retries, backoff and Retry-After. The API key is read from the environment
+  variable named by ``teacher.api_key_env`` only, and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+from fitsense.config import TeacherConfig
+from fitsense.logs import redact, secret_values
+from fitsense.records import ChatMessage, CoachingQuery
+
+# Offline answers have no tokenizer behind them: ~4 characters per token is the usual English estimate.
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // CHARS_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TeacherConfigError(RuntimeError):
+    """The teacher cannot be used as configured (e.g. the API key variable is not set)."""
+
+
+class TeacherRequestError(RuntimeError):
+    """A request that failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+class Teacher(Protocol):
+    model: str
+    remote: bool  # remote teachers go through the rate limiter, retries, the cache and the budget
+
+    async def complete(self, messages: list[dict]) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+def as_dicts(messages: Iterable[ChatMessage | dict]) -> list[dict]:
+    return [m.model_dump() if isinstance(m, ChatMessage) else {"role": m["role"], "content": m["content"]}
+            for m in messages]
+
+
+def query_key(messages: list[dict]) -> str:
+    """Identity of a query from its messages: the system and first user message (repair turns excluded)."""
+    head = [m for m in messages if m["role"] == "system"][:1] + [m for m in messages if m["role"] == "user"][:1]
+    blob = json.dumps([[m["role"], m["content"]] for m in head], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class OfflineTeacher:
+    """The embedded expert; knows the queries it may be asked (indexed by their messages)."""
+
+    remote = False
+
+    def __init__(self, queries: Iterable[CoachingQuery], model: str = "fitsense-expert-v1"):
+        self.model = model
+        self._queries = {query_key(as_dicts(q.messages)): q for q in queries}
+        self._answers: dict[str, str] = {}
+
+    def answer_text(self, messages: list[dict]) -> str:
+        from fitsense.data.teacher.offline import answer_query
+
+        key = query_key(messages)
+        if key not in self._answers:
+            query = self._queries.get(key)
+            if query is None:
+                raise TeacherRequestError("offline teacher: no known query matches these messages", retryable=False)
+            self._answers[key] = answer_query(query).to_json()
+        return self._answers[key]
+
+    async def complete(self, messages: list[dict]) -> Completion:
+        text = self.answer_text(messages)
+        prompt = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
+        return Completion(text=text, prompt_tokens=prompt, completion_tokens=estimate_tokens(text))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After`` in seconds)."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                continue  # an HTTP-date; fall back to our own backoff
+    return None
+
+
+class OpenAITeacher:
+    """Chat completions on any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, ``fitsense teacher serve``)."""
+
+    remote = True
+
+    def __init__(self, cfg: TeacherConfig):
+        import openai
+
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise TeacherConfigError(
+                f"teacher.provider is 'openai' but the environment variable {cfg.api_key_env} "
+                f"(teacher.api_key_env) is not set; export it with your API key"
+            )
+        self.model = cfg.model
+        self.cfg = cfg
+        self._secrets = secret_values((cfg.api_key_env,))
+        self._client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
+
+    async def complete(self, messages: list[dict]) -> Completion:
+        import openai
+
+        try:
+            resp = await self._client.chat.completions.create(
+                model=self.cfg.model, messages=messages, temperature=self.cfg.temperature,
+                max_tokens=self.cfg.max_tokens,
+            )
+        except openai.APIStatusError as exc:
+            retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            raise TeacherRequestError(self._clean(f"HTTP {exc.status_code}: {exc.message}"), retryable,
+                                      _retry_after(exc.response.headers)) from None
+        except openai.APITimeoutError:
+            raise TeacherRequestError(f"timeout after {self.cfg.timeout_s:g}s", retryable=True) from None
+        except openai.APIConnectionError as exc:
+            raise TeacherRequestError(self._clean(f"connection error: {exc}"), retryable=True) from None
+        except openai.APIResponseValidationError as exc:  # a malformed (e.g. truncated) response body
+            raise TeacherRequestError(self._clean(f"malformed response: {exc.message}"), retryable=True) from None
+        if not resp.choices:
+            raise TeacherRequestError("response has no choices", retryable=True)
+        text = resp.choices[0].message.content or ""
+        usage = resp.usage
+        prompt = usage.prompt_tokens if usage else sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
+        completion = usage.completion_tokens if usage else estimate_tokens(text)
+        return Completion(text=text, prompt_tokens=prompt, completion_tokens=completion)
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secrets)[:500]
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def make_teacher(cfg: TeacherConfig, queries: Iterable[CoachingQuery]) -> Teacher:
+    if cfg.provider == "offline":
+        return OfflineTeacher(queries, model=cfg.model)
+    return OpenAITeacher(cfg)
