@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from importlib.metadata import PackageNotFoundError, version as pkg_version
 from pathlib import Path
 
 from fitsense.config import Params
 from fitsense.registry.tracking import setup_mlflow
-from fitsense.runs import RunContext, code_version, write_json, write_manifest
+from fitsense.runs import RunContext, code_version, tree_sha256, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +206,27 @@ def register_student(ctx: RunContext) -> dict:
         raise RegistryError(f"training/student.json: adapter_dir {student.get('adapter_dir')} does not exist")
 
     client = _client(params)
+    adapter_sha256 = tree_sha256(adapter)
+    current_tags = {
+        "evaluation_run_id": eval_runs.get("student", ""),
+        **{f"{METRIC_TAG}{m}": str(metrics.get(m)) for m in (*GATE_METRICS, "teacher_exercise_overlap",
+                                                               "latency_p50_s", "usd_per_1k_answers")},
+    }
+    existing = _registered_version(client, name, ctx.run_id, adapter_sha256)
+    if existing is not None:
+        # A rerun of this stage for the same run and adapter: reuse the version (with the latest
+        # evaluation's metrics) rather than add a duplicate.
+        log.info("run %s's adapter is already %s version %s", ctx.run_id, name, existing.version)
+        for key, value in current_tags.items():
+            client.set_model_version_tag(name, str(existing.version), key, value)
+        return _finish(ctx, client, existing, {**existing.tags, **current_tags}, existing.source, params)
+
     run_id = _training_run(client, student.get("mlflow_run_id"))
     run_args = {"run_id": run_id} if run_id else {
         "run_name": f"register-{ctx.run_id}", "tags": {"role": "registration", "pipeline_run_id": ctx.run_id}}
-    with mlflow.start_run(**run_args) as run:
+    with mlflow.start_run(**run_args) as run, warnings.catch_warnings():
+        # Inputs are free-form conversations, so no type hints / signature; MLflow warns about that.
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         model_info = mlflow.pyfunc.log_model(
             name="student",
             python_model=str(PYFUNC_MODEL_FILE),
@@ -233,11 +251,28 @@ def register_student(ctx: RunContext) -> dict:
         "code_version": code_version(),
         "base_model": student.get("base_model") or params.training.base_model,
         "training_run_id": training_run_id,
-        "evaluation_run_id": eval_runs.get("student", ""),
-        **{f"{METRIC_TAG}{m}": str(metrics.get(m)) for m in (*GATE_METRICS, "teacher_exercise_overlap",
-                                                               "latency_p50_s", "usd_per_1k_answers")},
+        "adapter_sha256": adapter_sha256,
+        **current_tags,
     }
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
+    return _finish(ctx, client, mv, tags, model_info.model_uri, params)
+
+
+def _registered_version(client, name: str, pipeline_run_id: str, adapter_sha256: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.pipeline_run_id = '{pipeline_run_id}' "
+            f"and tags.adapter_sha256 = '{adapter_sha256}'")
+    except MlflowException:
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _finish(ctx: RunContext, client, mv, tags: dict, logged_model_uri: str, params: Params) -> dict:
+    """Alias the version as candidate, apply the promotion gate, write registration.json and the manifest."""
+    name = mv.name
     client.set_registered_model_alias(name, CANDIDATE, str(mv.version))
     mv = client.get_model_version(name, str(mv.version))
     outcome = _promote(client, params, mv, force=False)
@@ -247,15 +282,16 @@ def register_student(ctx: RunContext) -> dict:
     registration = {
         "model_name": name,
         "version": str(mv.version),
-        "model_uri": f"models:/{name}/{str(mv.version)}",
-        "logged_model_uri": model_info.model_uri,
+        "model_uri": f"models:/{name}/{mv.version}",
+        "logged_model_uri": logged_model_uri,
         "aliases": sorted(aliases),
         "tags": tags,
-        "promoted": outcome["promoted"],
+        "promoted": outcome["champion"] == str(mv.version),  # also true when it already was the champion
         "champion": outcome["champion"],
         "gate": outcome["gate"],
     }
     path = write_json(out / "registration.json", registration)
     write_manifest(ctx, STAGE, {"registration": path}, extra={"model_name": name, "version": str(mv.version)})
-    log.info("registered %s version %s, aliases %s", name, str(mv.version), sorted(aliases))
-    return {"model_name": name, "version": str(mv.version), "aliases": sorted(aliases), "promoted": outcome["promoted"]}
+    log.info("registered %s version %s, aliases %s", name, mv.version, sorted(aliases))
+    return {"model_name": name, "version": str(mv.version), "aliases": sorted(aliases),
+            "promoted": registration["promoted"]}

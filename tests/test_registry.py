@@ -178,3 +178,17 @@ def test_registered_model_loads_and_generates(make_run):
     answers = model.predict([[{"role": "system", "content": "Answer in JSON."},
                               {"role": "user", "content": "A 3-day plan, dumbbells only."}], "Just a question"])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_rerunning_the_stage_reuses_the_version(make_run):
+    ctx = make_run("again", GOOD)
+    first = register_student(ctx)
+    write_json(ctx.stage_dir("evaluation") / "metrics.json",
+               {"models": {"student": {**GOOD, "validity": 0.85, "teacher_exercise_overlap": 0.3}}})
+    second = register_student(ctx)
+    assert second["version"] == first["version"] == "1" and second["promoted"]
+    from mlflow import MlflowClient
+
+    name = ctx.params.registry.model_name
+    assert len(MlflowClient().search_model_versions(f"name = '{name}'")) == 1
+    assert MlflowClient().get_model_version(name, "1").tags["metric.validity"] == "0.85"
