@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from importlib.metadata import PackageNotFoundError, version as pkg_version
 from pathlib import Path
 
@@ -224,9 +223,7 @@ def register_student(ctx: RunContext) -> dict:
     run_id = _training_run(client, student.get("mlflow_run_id"))
     run_args = {"run_id": run_id} if run_id else {
         "run_name": f"register-{ctx.run_id}", "tags": {"role": "registration", "pipeline_run_id": ctx.run_id}}
-    with mlflow.start_run(**run_args) as run, warnings.catch_warnings():
-        # Inputs are free-form conversations, so no type hints / signature; MLflow warns about that.
-        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+    with mlflow.start_run(**run_args) as run:
         model_info = mlflow.pyfunc.log_model(
             name="student",
             python_model=str(PYFUNC_MODEL_FILE),
