@@ -10,6 +10,8 @@ kind-specific part (current plan, requested change, trends or symptom).
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fitsense.catalogue import BY_NAME, EQUIPMENT
 from fitsense.records import QueryConstraints, QueryContext
 
@@ -33,25 +35,34 @@ def _words(code: str) -> str:
     return code.replace("_", " ")
 
 
-def _span(values) -> str:
-    lo, hi = min(values), max(values)
-    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+def _modal(values: list):
+    return Counter(values).most_common(1)[0][0]
 
 
 def compact_plan(plan: dict) -> str:
-    """A plan as exercise names per day under one dose line; repeated days are referenced.
+    """A plan in few tokens, exactly: the usual dose once, exceptions per exercise, repeated days referenced.
 
-    Sets, reps, RIR and rest are summarised as ranges: the full plan would cost
-    hundreds of prompt tokens, and the answer rewrites the plan anyway.
+    'Current plan (3x10 at RIR 2, rest 90s unless noted):' then 'D1 Upper A: Push-Up, Plank 3x15, ...'.
     """
     exercises = [e for d in plan["days"] for e in d["exercises"]]
     if not exercises:
         return "Current plan: none."
-    dose = (f"{_span([e['sets'] for e in exercises])} sets x {_span([e['reps'] for e in exercises])} reps, "
-            f"RIR {_span([e['rir'] for e in exercises])}, rest {_span([e['rest_s'] for e in exercises])}s")
-    lines, seen = [f"Current plan ({dose}):"], {}
+    dose = _modal([(e["sets"], e["reps"]) for e in exercises])
+    rir = _modal([e["rir"] for e in exercises])
+    rest = _modal([e["rest_s"] for e in exercises])
+    lines, seen = [f"Current plan ({dose[0]}x{dose[1]} at RIR {rir}, rest {rest}s unless noted):"], {}
     for day in plan["days"]:
-        body = ", ".join(e["name"] for e in day["exercises"])
+        parts = []
+        for e in day["exercises"]:
+            part = e["name"]
+            if (e["sets"], e["reps"]) != dose:
+                part += f" {e['sets']}x{e['reps']}"
+            if e["rir"] != rir:
+                part += f" RIR {e['rir']}"
+            if e["rest_s"] != rest:
+                part += f" {e['rest_s']}s"
+            parts.append(part)
+        body = ", ".join(parts)
         if body in seen:
             lines.append(f"D{day['day']} {day['name']}: as D{seen[body]}")
         else:
@@ -98,14 +109,15 @@ def render_user_message(kind: str, context: QueryContext, constraints: QueryCons
         else:
             lines.append(f"New: I was just diagnosed with {_words(context.new_condition)}. Please adjust my plan.")
     elif kind == "progress_adaptation":
-        plan = context.current_plan
-        lines.append(f"My plan: {plan['plan_name']} ({len(plan['days'])} days).")
-        weeks = max((len(t.weekly_top_reps) for t in context.recent_trends), default=0)
-        trends = "; ".join(
-            f"{t.name} {','.join(map(str, t.weekly_top_reps))} @RIR~{t.weekly_avg_rir[-1]:.0f}"
-            for t in context.recent_trends
-        )
-        lines.append(f"Top reps per week, last {weeks} weeks: {trends}. Please adapt my plan.")
+        lines.append(compact_plan(context.current_plan))
+        trends = context.recent_trends
+        weeks = max((len(t.weekly_top_reps) for t in trends), default=0)
+        rirs = {round(t.weekly_avg_rir[-1]) for t in trends}
+        shared = len(rirs) == 1
+        text = "; ".join(f"{t.name} {','.join(map(str, t.weekly_top_reps))}"
+                         + ("" if shared else f" @RIR~{round(t.weekly_avg_rir[-1])}") for t in trends)
+        tail = f" (at RIR~{rirs.pop()})" if shared else ""
+        lines.append(f"Top reps per week, last {weeks} weeks{tail}: {text}. Please adapt my plan.")
     else:
         raise ValueError(f"unknown query kind {kind!r}")
     return "\n".join(lines)

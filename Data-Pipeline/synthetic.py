@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from fitsense.catalogue import (
     CATALOGUE,
@@ -308,7 +309,9 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
 
     t_name, td_len, td_num, td_name, te_len = [], [], [], [], []
     te_ex, te_sets, te_reps, te_rir, te_rest, td_minutes = [], [], [], [], [], []
-    for eq, inj, cnd, days, m_idx, goal, exp, flr, var in keys.tolist():
+    log.info("synthetic: building %d distinct plans for %d users", len(keys), n)
+    for eq, inj, cnd, days, m_idx, goal, exp, flr, var in tqdm(keys.tolist(), desc="plans", unit="plan",
+                                                                 disable=len(keys) < 5000, leave=False):
         equipment = tuple(_unbits(eq, EQUIPMENT))
         conditions = _unbits(cnd, CONDITION_NAMES)
         avoid = tuple(exercises_to_avoid(_unbits(inj, INJURY_SITES), conditions))
@@ -370,6 +373,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
         "rest_s": te_rest[ps_src],
     })
 
+    log.info("synthetic: logging %d weeks of workouts", weeks)
     # --- logged workouts: each plan day in each week, attended with the user's adherence
     adherence = rng.beta(2 + u.activity, 1.5, n)
     attend = rng.random((len(pd_src), weeks)) < adherence[pd_user][:, None]
@@ -478,6 +482,7 @@ def generate_synthetic_data(ctx: RunContext) -> dict:
     anchor = np.datetime64(cfg.anchor_date.isoformat(), "D")
     tables = generate_tables(ctx.params.seed, cfg.n_users, anchor, cfg.history_weeks)
     generated = time.perf_counter() - started
+    log.info("synthetic: writing %d tables (%d rows)", len(tables), sum(t.num_rows for t in tables.values()))
     paths = write_tables(tables, ctx.stage_dir(STAGE))
     rows = {name: t.num_rows for name, t in tables.items()}
     wall = time.perf_counter() - started
