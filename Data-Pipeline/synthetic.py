@@ -31,6 +31,7 @@ from fitsense.catalogue import (
     INJURY_SITES,
     exercises_to_avoid,
 )
+from fitsense.constraints import WORK_SECONDS_PER_SET
 from fitsense.data import planning
 from fitsense.data.planning import ACTIVITY_LEVELS, EXPERIENCE_LEVELS, GOALS, SESSION_MINUTES
 from fitsense.runs import RunContext, atomic_path, write_manifest
@@ -176,9 +177,9 @@ def _unbits(code: int, names: tuple[str, ...]) -> list[str]:
     return [name for i, name in enumerate(names) if code >> i & 1]
 
 
-def generate_tables(params_seed: int, n_users: int, anchor: np.datetime64, weeks: int) -> dict[str, pa.Table]:
+def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) -> dict[str, pa.Table]:
     """All tables as Arrow tables, keyed by SQL table name (parents first)."""
-    rng = np.random.default_rng([params_seed, 1])
+    rng = np.random.default_rng([seed, 1])  # stream 1: synthetic data (the query stage uses stream 2)
     u = _draw_users(rng, n_users)
     n = u.n
     user_id = np.arange(1, n + 1, dtype=np.int64)
@@ -323,7 +324,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
             td_num.append(day_no)
             td_name.append(day_name)
             te_len.append(len(exercises))
-            td_minutes.append(sum(s * (40 + r) for _, s, _, _, r in exercises) / 60)
+            td_minutes.append(sum(s * (WORK_SECONDS_PER_SET + r) for _, s, _, _, r in exercises) / 60)
             for ex_name, sets, reps, rir, rest in exercises:
                 te_ex.append(ex_id[ex_name]); te_sets.append(sets); te_reps.append(reps)
                 te_rir.append(rir); te_rest.append(rest)

@@ -19,7 +19,7 @@ from fitsense.plan import CoachAnswer
 from fitsense.records import Injury
 from fitsense.runs import RunContext, file_sha256
 
-N_USERS = 120
+N_USERS = 500
 
 
 def _run(root, seed=7, n_users=N_USERS, **synthetic) -> RunContext:
