@@ -135,14 +135,18 @@ def load_tables(url: str, source_dir: Path) -> dict[str, int]:
 
 
 def load_run_into_database(ctx: RunContext, url: str | None = None) -> dict:
-    """Load the run's synthetic tables into ``url`` (default: SQLite file in the synthetic folder)."""
+    """Load the run's synthetic tables into ``url`` (default: ``<run>/database/fitsense.sqlite``).
+
+    The default database sits beside, not inside, the synthetic folder, so loading it
+    never changes the synthetic stage's outputs (which DVC tracks by hash).
+    """
     source = ctx.require("synthetic", "manifest.json").parent
     started = time.perf_counter()
     if url:
         counts = load_tables(url, source)
         where = make_url(url).render_as_string(hide_password=True)
     else:
-        target = source / DEFAULT_DB_NAME
+        target = ctx.stage_dir("database") / DEFAULT_DB_NAME
         with atomic_path(target) as tmp:
             counts = load_tables(f"sqlite:///{tmp}", source)
         where = f"sqlite:///{target}"

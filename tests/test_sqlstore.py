@@ -26,7 +26,7 @@ def loaded(tmp_path_factory):
 
 
 def _engine(ctx):
-    return make_engine(f"sqlite:///{ctx.stage_dir('synthetic') / 'fitsense.sqlite'}")
+    return make_engine(f"sqlite:///{ctx.stage_dir('database') / 'fitsense.sqlite'}")
 
 
 def test_every_table_loaded_with_parquet_row_counts(loaded):
@@ -81,7 +81,7 @@ def test_constraint_violations_are_rejected(loaded, statement):
 def test_bad_parquet_fails_naming_the_table_and_keeps_the_old_database(loaded, tmp_path):
     ctx, _ = loaded
     folder = ctx.stage_dir("synthetic")
-    db = folder / "fitsense.sqlite"
+    db = ctx.stage_dir("database") / "fitsense.sqlite"
     before = file_sha256(db)
     sets_path = folder / "plan_sets.parquet"
     original = pq.read_table(sets_path)
@@ -94,7 +94,8 @@ def test_bad_parquet_fails_naming_the_table_and_keeps_the_old_database(loaded, t
     finally:
         pq.write_table(original, sets_path)
     assert file_sha256(db) == before  # the failed load never replaced the good database
-    assert not list(folder.glob(".fitsense.sqlite.*"))
+    assert not list(db.parent.glob(".fitsense.sqlite.*"))
+    assert not (folder / "fitsense.sqlite").exists()  # the synthetic outputs are untouched
 
 
 def test_explicit_url_and_missing_run(loaded, tmp_path):
