@@ -15,6 +15,7 @@ import pandas as pd
 FEATURES = ("prompt_chars", "answer_chars", "prompt_tokens", "completion_tokens", "latency_s", "attempts",
             "repairs", "n_days", "n_exercises", "n_sets")
 Z_THRESHOLD = 3.0
+SLOW_FLOOR_S = 2.0
 
 
 def record_features(teacher: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
@@ -33,8 +34,9 @@ def _rules(f: pd.DataFrame, max_attempts: int) -> dict[str, pd.Series]:
         "ok answer with zero completion tokens": ok & (f["completion_tokens"] == 0),
         "ok answer with an empty plan and no referral": ok & (f["n_days"] == 0) & ~f["answer_referral"].astype(bool),
         f"more than {max_attempts} HTTP attempts": f["attempts"] > max_attempts,
-        "latency over 10x the median": (f["latency_s"] > 10 * median_latency) if median_latency > 0
-        else pd.Series(False, index=f.index),
+        # sub-second jitter is not slowness: the bar is 10x the median and at least SLOW_FLOOR_S
+        f"latency over 10x the median and {SLOW_FLOOR_S:g} s": f["latency_s"] > max(10 * (median_latency or 0),
+                                                                               SLOW_FLOOR_S),
         "non-numeric feature": f[list(FEATURES)].isna().any(axis=1),
     }
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fitsense.runs import write_json
 from fitsense.catalogue import EQUIPMENT_TIERS
 from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
@@ -342,7 +343,9 @@ def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
 
     for path in (gx_dir, docs_dir):
         shutil.rmtree(path, ignore_errors=True)  # a fresh project per run: docs show this run only
-    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))  # creates <parent>/gx/
+    # Ephemeral: a file context rewrites its YAML on every add (seconds per run); the suites are
+    # exported to gx_dir as JSON below and the results live in validation.json and Data Docs.
+    context = gx.get_context(mode="ephemeral")
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -379,6 +382,7 @@ def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
                                     "severity": severity, "message": msg, "examples": examples})
             (failures if severity == CRITICAL else warnings).append(msg)
         results.append(entry)
+        write_json(gx_dir / "expectations" / f"{suite.name}.json", gx_suite.to_json_dict())
     context.build_data_docs()
     index = docs_dir / "index.html"
     return {"suites": results, "failures": failures, "warnings": warnings,
