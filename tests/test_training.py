@@ -1,0 +1,227 @@
+"""Student training: config errors, completion-only masking, a full tiny run with MLflow lineage, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from fitsense.config import ConfigError, load_params
+from fitsense.records import ChatMessage
+from fitsense.runs import RunContext, read_jsonl, write_jsonl
+from fitsense.training.examples import make_records, write_dataset_stage
+
+
+def _params(tmp_path: Path, model_dir: Path, **overrides):
+    base = {
+        "run.artifacts_dir": str(tmp_path / "artifacts"),
+        "registry.tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
+        "registry.artifact_location": str(tmp_path / "mlartifacts"),
+        "training.base_model": str(model_dir),
+        "training.device": "cpu",
+        "training.batch_size": 2,
+        "training.max_steps": 4,
+        "training.eval_steps": 2,
+        "training.max_val_examples": 2,
+        "training.learning_rate": 0.01,
+    }
+    base.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_params(tmp_path / "no-params.yaml", base)
+
+
+# --------------------------------------------------------------------------- config and input errors
+
+
+def test_bad_lora_rank_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.lora\.r"):
+        load_params(tmp_path / "x.yaml", {"training.lora.r": 0})
+
+
+def test_unknown_training_key_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.lora_rank: unknown key"):
+        load_params(tmp_path / "x.yaml", {"training.lora_rank": 8})
+
+
+def test_4bit_without_cuda_is_a_clear_error(tmp_path, tiny_model_dir):
+    import torch
+
+    from fitsense.training.train import plan_hardware, train_student
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: 4bit is allowed")
+    params = _params(tmp_path, tiny_model_dir, training__quantization="4bit", training__device="auto")
+    with pytest.raises(ConfigError, match=r"training\.quantization: 4bit \(QLoRA\) needs a CUDA GPU"):
+        plan_hardware(params.training)
+    ctx = RunContext.create(params, "r")
+    write_dataset_stage(ctx.stage_dir("dataset"), 2, 1)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        train_student(ctx)
+    assert not (ctx.run_dir / "training" / "adapter").exists()
+    assert plan_hardware(_params(tmp_path, tiny_model_dir).training) == ("cpu", "none")
+
+
+def test_missing_dataset_names_the_stage(tmp_path, tiny_model_dir):
+    from fitsense.training.train import train_student
+
+    ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "nodata")
+    with pytest.raises(FileNotFoundError, match=r"run the 'dataset' stage"):
+        train_student(ctx)
+
+
+def test_record_without_assistant_answer_is_named(tmp_path, tiny_model_dir):
+    from fitsense.training.train import train_student
+
+    ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "bad")
+    stage = ctx.stage_dir("dataset")
+    write_dataset_stage(stage, 3, 1)
+    records = read_jsonl(stage / "train.jsonl")
+    records[1]["messages"] = records[1]["messages"][:2]  # system + user only
+    write_jsonl(stage / "train.jsonl", records)
+    with pytest.raises(ValueError, match=rf"train\.jsonl: record {records[1]['query_id']}: messages must be"):
+        train_student(ctx)
+
+
+def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
+    from fitsense.runs import write_json
+    from fitsense.training.train import train_student
+
+    ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "gated")
+    write_dataset_stage(ctx.stage_dir("dataset"), 3, 1)
+    write_json(ctx.stage_dir("quality") / "gate.json", {"passed": False, "failures": ["min_train_examples"]})
+    with pytest.raises(RuntimeError, match="data quality gate failed"):
+        train_student(ctx)
+
+
+# --------------------------------------------------------------------------- loss masking
+
+
+def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
+    """The collated batch labels every prompt token -100 and keeps the answer (and its end-of-turn) as targets."""
+    from fitsense.training.student import load_tokenizer
+    from fitsense.training.train import build_trainer, load_base_for_training, to_prompt_completion
+
+    params = _params(tmp_path, tiny_model_dir)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    records = make_records(3, seed=1)
+    rows = to_prompt_completion(records, "mem")
+    trainer = build_trainer(params, load_base_for_training(tiny_model_dir, "cpu", "none"), tokenizer, rows, [],
+                            tmp_path / "ckpt", "cpu")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    for i, rec in enumerate(records):
+        prompt = [m.model_dump() for m in rec.messages[:-1]]
+        prompt_len = len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
+        ids, labels = batch["input_ids"][i], batch["labels"][i]
+        n = int(batch["attention_mask"][i].sum())
+        assert (labels[:prompt_len] == -100).all(), "a prompt token contributes to the loss"
+        assert (labels[prompt_len:n] == ids[prompt_len:n]).all()
+        assert (labels[n:] == -100).all(), "padding contributes to the loss"
+        target = tokenizer.decode(ids[prompt_len:n])
+        assert target.startswith(rec.messages[-1].content)
+        assert "<|im_end|>" in target  # the student learns to stop
+        assert "<|im_start|>user" not in target
+
+
+# --------------------------------------------------------------------------- a full tiny run
+
+
+def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model_dir):
+    import mlflow
+
+    from fitsense.training.student import load_student
+    from fitsense.training.train import train_student
+
+    params = _params(tmp_path, tiny_model_dir, training__merge_adapter=True, training__early_stopping_patience=0)
+    ctx = RunContext.create(params, "tiny")
+    info = write_dataset_stage(ctx.stage_dir("dataset"), 8, 3)
+    summary = train_student(ctx)
+
+    out = ctx.run_dir / "training"
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "adapter" / "tokenizer.json").exists()
+    assert (out / "merged" / "config.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["val_examples"] == 2
+    assert metrics["train_tokens"] > 0 and metrics["tokens_per_s"] > 0
+    assert metrics["final_val_loss"] < metrics["base_val_loss"]  # lr 0.01 on a random tiny model: must move
+    assert metrics["best_val_loss"] == min(metrics["best_val_loss"], metrics["final_val_loss"])
+    with open(out / "loss.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert float(rows[0]["val_loss"]) == pytest.approx(metrics["base_val_loss"])
+    assert all(r["train_loss"] for r in rows[1:]) and rows[2]["val_loss"] and rows[4]["val_loss"]
+    student = json.loads((out / "student.json").read_text())
+    assert student["dataset_run_id"] == info["dataset_run_id"]
+    assert student["device"] == "cpu" and student["quantization"] == "none"
+    assert student["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert ctx.manifest("training")["outputs"]["adapter"]["sha256"]
+
+    mlflow.set_tracking_uri(params.registry.tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(params.registry.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs] == [student["mlflow_run_id"]], "exactly one MLflow run per training"
+    run = runs[0]
+    assert run.data.tags["dataset_run_id"] == info["dataset_run_id"]
+    assert run.data.tags["dataset_digest"] == info["digest"]
+    assert run.data.params["training.lora.r"] == "16"
+    contexts = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+                for d in run.inputs.dataset_inputs}
+    assert set(contexts) == {"training", "validation"}
+    assert contexts["training"].name == f"{info['dataset_run_id']}-train"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4], "each step logged once"
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")} >= {0, 2, 4}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_model.safetensors" in artifacts
+
+    model, tokenizer = load_student(tiny_model_dir, out / "adapter", device="cpu")
+    assert not model.training and tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    enc = tokenizer.apply_chat_template(
+        [[ChatMessage(role="user", content="hi").model_dump()], [ChatMessage(role="user", content="a longer hello").model_dump()]],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True)
+    generated = model.generate(**enc, max_new_tokens=3, do_sample=False)
+    assert generated.shape == (2, enc["input_ids"].shape[1] + 3)
+
+
+def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(tmp_path, tiny_model_dir, monkeypatch):
+    from fitsense.training import train as train_mod
+
+    params = _params(tmp_path, tiny_model_dir, training__batch_size=1, training__max_steps=4,
+                     training__eval_steps=2, training__max_val_examples=1)
+    ctx = RunContext.create(params, "resume")
+    write_dataset_stage(ctx.stage_dir("dataset"), 4, 1)
+
+    class Killed(Exception):
+        pass
+
+    original = train_mod.MlflowStepLogger.on_log
+
+    def die_at_step_3(self, args, state, control, logs=None, **kwargs):
+        original(self, args, state, control, logs=logs, **kwargs)
+        if state.global_step == 3:
+            raise Killed()
+
+    monkeypatch.setattr(train_mod.MlflowStepLogger, "on_log", die_at_step_3)
+    with pytest.raises(Killed):
+        train_mod.train_student(ctx)
+    ckpt = ctx.run_dir / "training" / "checkpoints"
+    assert (ckpt / "checkpoint-2").exists() and not (ctx.run_dir / "training" / "adapter").exists()
+    first_run_id = json.loads((ckpt / train_mod.RESUME_FILE).read_text())["mlflow_run_id"]
+
+    monkeypatch.setattr(train_mod.MlflowStepLogger, "on_log", original)
+    summary = train_mod.train_student(ctx)
+    metrics = json.loads((ctx.run_dir / "training" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
+    assert summary["mlflow_run_id"] == first_run_id
+    state = json.loads((ckpt / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+
+    # Other training params: the old checkpoints are not reused.
+    ctx2 = RunContext.create(_params(tmp_path, tiny_model_dir, training__batch_size=1, training__max_steps=2,
+                                     training__eval_steps=2, training__max_val_examples=1), "resume")
+    assert train_mod.train_student(ctx2)["steps"] == 2
+    assert json.loads((ctx.run_dir / "training" / "metrics.json").read_text())["resumed_from_step"] is None
