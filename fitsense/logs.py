@@ -44,5 +44,5 @@ def configure_logging(level: str = "INFO", extra_env_names: tuple[str, ...] = ()
     handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
     handler.addFilter(RedactSecrets(extra_env_names))
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "mlflow.store", "git"):
+    for noisy in ("httpx", "httpx2", "urllib3", "filelock", "alembic", "mlflow.store", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -50,8 +50,12 @@ def _unit(*parts) -> float:
 
 
 def create_app(queries: Iterable[CoachingQuery], faults: FaultConfig, model: str = "fitsense-expert-v1",
-               hang_s: float = 120.0, retry_after_s: float = 1.0, seed: int = 0):
+               hang_s: float = 120.0, retry_after_s: float = 1.0, seed: int = 0, precompute: bool = True):
+    queries = list(queries)
     teacher = OfflineTeacher(queries, model=model)
+    if precompute:  # answer every query up front so a request costs HTTP handling only
+        for q in queries:
+            teacher.answer_text([m.model_dump() for m in q.messages])
     seen: Counter = Counter()
     app = FastAPI(title="FitSense offline teacher", docs_url=None, redoc_url=None)
     app.state.stats = Counter()

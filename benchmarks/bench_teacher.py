@@ -1,0 +1,124 @@
+"""Teacher capture figures against the real local OpenAI-compatible server (prints figures).
+
+1. Throughput: 2,000 distinct queries, 100 ms injected latency, concurrency 64.
+   Bound = N x latency / concurrency; target: wall <= 1.1 x bound.
+2. Fully cached rerun of 10,000 queries (a fresh run ID sharing the cache); target < 2 s.
+3. Faults: 30% injected faults (429/500/timeout/truncated/non-JSON): every query ends
+   captured or recorded failed, no duplicates.
+
+Queries come from the real synthetic + query stages. Usage:
+    python benchmarks/bench_teacher.py [--n-users 300] [--workdir /tmp/fitsense-bench-teacher]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from fitsense.config import FaultConfig, load_params
+from fitsense.data.queries import build_queries
+from fitsense.data.synthetic import generate_synthetic_data
+from fitsense.data.teacher.capture import capture_teacher_responses
+from fitsense.data.teacher.server import running_server
+from fitsense.records import CoachingQuery, TeacherRecord
+from fitsense.runs import RunContext, read_jsonl, write_jsonl
+
+KEY_ENV = "FITSENSE_BENCH_KEY"
+
+
+def make_ctx(root: Path, run_id: str, url: str | None = None, **teacher) -> RunContext:
+    overrides = {"run.artifacts_dir": str(root), "synthetic.n_users": ARGS.n_users, "queries.n_queries": 10_000}
+    if url:
+        overrides.update({"teacher.provider": "openai", "teacher.base_url": url, "teacher.api_key_env": KEY_ENV,
+                          "teacher.cache_dir": str(root / "cache"), "teacher.requests_per_minute": 1e7,
+                          "teacher.tokens_per_minute": 1e10})
+    overrides.update({f"teacher.{k}": v for k, v in teacher.items()})
+    return RunContext.create(load_params(root / "none.yaml", overrides), run_id)
+
+
+def with_queries(root: Path, run_id: str, queries: list[CoachingQuery], **kw) -> RunContext:
+    ctx = make_ctx(root, run_id, **kw)
+    write_jsonl(ctx.stage_dir("queries") / "queries.jsonl", queries)
+    return ctx
+
+
+def check_records(ctx: RunContext, n: int) -> dict:
+    records = read_jsonl(ctx.require("teacher", "records.jsonl"), TeacherRecord)
+    ids = Counter(r.query_id for r in records)
+    return {"records": len(records), "expected": n, "duplicates": sum(c - 1 for c in ids.values()),
+            "ok": sum(r.status == "ok" for r in records), "failed": sum(r.status == "failed" for r in records)}
+
+
+def main() -> None:
+    root = Path(ARGS.workdir)
+    shutil.rmtree(root, ignore_errors=True)
+    os.environ.setdefault(KEY_ENV, "sk-bench-not-a-real-key")
+    base = make_ctx(root, "source")
+    t = time.perf_counter()
+    generate_synthetic_data(base)
+    build_queries(base)
+    all_queries = read_jsonl(base.require("queries", "queries.jsonl"), CoachingQuery)
+    print(f"queries: {len(all_queries)} generated in {time.perf_counter() - t:.1f}s")
+    # Identical messages are served from the cache within a run; throughput needs distinct requests.
+    seen, distinct = set(), []
+    for q in all_queries:
+        key = json.dumps([m.content for m in q.messages])
+        if key not in seen:
+            seen.add(key)
+            distinct.append(q)
+
+    # 1. throughput
+    n, latency_ms, conc = 2000, 100, 64
+    with running_server(all_queries, FaultConfig(latency_ms=latency_ms)) as (url, app):
+        ctx = with_queries(root, "throughput", distinct[:n], url=url, concurrency=conc)
+        t = time.perf_counter()
+        capture_teacher_responses(ctx)
+        wall = time.perf_counter() - t
+        bound = n * latency_ms / 1000 / conc
+        print(f"throughput: {n} queries, {latency_ms} ms latency, concurrency {conc}: {wall:.2f}s "
+              f"(bound {bound:.2f}s, ratio {wall / bound:.2f}x, target <= 1.10x); "
+              f"{app.state.stats['requests']} requests; {check_records(ctx, n)}")
+
+    # 2. fully cached rerun of 10,000
+    with running_server(all_queries, FaultConfig()) as (url, app):
+        fill = with_queries(root, "fill", all_queries, url=url, concurrency=conc)
+        t = time.perf_counter()
+        capture_teacher_responses(fill)
+        fill_s = time.perf_counter() - t
+        rerun = with_queries(root, "rerun", all_queries, url=url, concurrency=conc)
+        before = app.state.stats["requests"]
+        t = time.perf_counter()
+        summary = capture_teacher_responses(rerun)
+        wall = time.perf_counter() - t
+        print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s; fully cached rerun of {len(all_queries)}: "
+              f"{wall:.2f}s (target < 2s), {app.state.stats['requests'] - before} requests, "
+              f"{summary['cached_records']} cached records")
+
+    # 3. 30% faults
+    n_fault = ARGS.fault_queries
+    faults = FaultConfig(latency_ms=20, rate=0.3)
+    with running_server(all_queries, faults, hang_s=3, retry_after_s=0.2) as (url, app):
+        ctx = with_queries(root, "faults", distinct[:n_fault], url=url, concurrency=conc, timeout_s=1.0,
+                           backoff_base_s=0.05, backoff_max_s=1.0, cache_dir=str(root / "cache-faults"))
+        t = time.perf_counter()
+        summary = capture_teacher_responses(ctx)
+        wall = time.perf_counter() - t
+        faults_seen = {k: v for k, v in app.state.stats.items() if k.startswith("fault_")}
+        checked = check_records(ctx, n_fault)
+        print(f"faults: {n_fault} queries at 30% injected faults {faults_seen}: {wall:.1f}s, {checked}, "
+              f"accounted {100 * checked['records'] / n_fault:.1f}%, retries {summary['retries']}, "
+              f"repairs {summary['repairs']}, failure reasons {summary['failure_reasons']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n-users", type=int, default=300)
+    parser.add_argument("--fault-queries", type=int, default=1000)
+    parser.add_argument("--workdir", default="/tmp/fitsense-bench-teacher")
+    ARGS = parser.parse_args()
+    main()
