@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from fitsense.constraints import check_answer
 from fitsense.plan import CoachAnswer
 from fitsense.records import SLICE_TAGS, ChatMessage, CoachingQuery, DistillRecord, TeacherRecord
-from fitsense.runs import RunContext, atomic_path, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
+from fitsense.runs import MANIFEST, RunContext, atomic_path, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +258,7 @@ def dataset_run_id(input_hashes: dict[str, str], params_blob: dict) -> str:
 
 def build_distillation_dataset(ctx: RunContext) -> dict:
     cfg = ctx.params.dataset
+    (ctx.stage_dir(STAGE) / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest lands
     queries_path = ctx.require("queries", "queries.jsonl")
     records_path = ctx.require("teacher", "records.jsonl")
     queries: list[CoachingQuery] = read_jsonl(queries_path, CoachingQuery)
