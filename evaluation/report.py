@@ -98,7 +98,7 @@ def per_slice_table(metrics: dict) -> pd.DataFrame:
     for role, tags in metrics["per_slice"].items():
         for tag, values in tags.items():
             for value, m in values.items():
-                rows.append({"model": role, "tag": tag, "slice": value, "n": m["n"],
+                rows.append({"model": role, "tag": tag, "slice": value, "label": f"{tag}={value}", "n": m["n"],
                              **{k: m.get(k) for k in (*SLICE_METRICS, "referral_recall", "latency_p50_s")}})
     return pd.DataFrame(rows)
 
@@ -122,6 +122,9 @@ def write_charts(charts_dir: Path, metrics: dict) -> list[str]:
     written = []
 
     def save(fig, name):
+        for ax in fig.axes:
+            if ax.get_legend() is not None:
+                ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         with atomic_path(charts_dir / name) as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
@@ -142,7 +145,6 @@ def write_charts(charts_dir: Path, metrics: dict) -> list[str]:
 
     table = per_slice_table(metrics)
     if not table.empty:
-        table = table.assign(label=table["tag"] + "=" + table["slice"])
         pivot = table.pivot_table(index="label", columns="model", values="adherence", aggfunc="first")
         ax = pivot.plot.barh(figsize=(8, max(4, 0.25 * len(pivot))), xlim=(0, 1.05),
                              title="Constraint adherence per slice")

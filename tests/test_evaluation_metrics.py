@@ -164,3 +164,14 @@ def test_select_examples_is_deterministic_and_covers_kinds():
     assert len(first) == 9 and {r.kind for r in first} == {"plan_creation", "safety_adjustment", "plan_modification"}
     assert [r.query_id for r in first] != [r.query_id for r in select_examples(records, 9, seed=2)]
     assert len(select_examples(records, None, seed=1)) == len(records)
+
+
+def test_teacher_cost_uses_captured_cost_or_prices():
+    from fitsense.evaluation.evaluate import teacher_cost
+    from fitsense.records import TeacherRecord
+
+    base = dict(query_id="q1", user_id=1, kind="plan_creation", teacher_model="m", status="ok",
+                prompt_tokens=1000, completion_tokens=500)
+    assert teacher_cost(TeacherRecord(**base, cost_usd=0.02), 1.0, 1.0) == 0.02
+    # No captured cost: 1k input tokens at $0.5/1k + 0.5k output tokens at $2/1k.
+    assert teacher_cost(TeacherRecord(**base), 0.5, 2.0) == pytest.approx(1.5)
