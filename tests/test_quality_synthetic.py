@@ -1,42 +1,41 @@
-"""Quality on real upstream stages: schema-derived synthetic suites pass real data and catch corruption."""
+"""The real chain (synthetic -> queries -> offline teacher -> dataset -> quality) passes the gate;
+the schema-derived synthetic suites catch corrupted tables, naming the rows."""
 
 from __future__ import annotations
 
-import random
 import shutil
 
 import pandas as pd
 import pytest
-from dq_factories import make_ctx, make_record
+from dq_factories import make_ctx
 
 from fitsense.data.dataset import build_distillation_dataset
 from fitsense.data.quality import DataQualityError, run_data_quality
-from fitsense.records import CoachingQuery
-from fitsense.runs import read_jsonl, write_jsonl
+
+OVERRIDES = {"synthetic.n_users": 40, "queries.n_queries": 90}
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     from fitsense.data.queries import build_queries
     from fitsense.data.synthetic import generate_synthetic_data
+    from fitsense.data.teacher.capture import capture_teacher_responses
 
     root = tmp_path_factory.mktemp("quality_real")
-    ctx = make_ctx(root, run_id="real", **{"synthetic.n_users": 40, "queries.n_queries": 90})
+    ctx = make_ctx(root, run_id="real", **OVERRIDES, **{"teacher.cache_dir": str(root / "teacher-cache")})
     generate_synthetic_data(ctx)
     build_queries(ctx)
-    # teacher answers from the test factory (valid plans for each query's constraints)
-    rng = random.Random(0)
-    queries = read_jsonl(ctx.stage_dir("queries") / "queries.jsonl", CoachingQuery)
-    write_jsonl(ctx.stage_dir("teacher") / "records.jsonl", [make_record(rng, q) for q in queries])
-    build_distillation_dataset(ctx)
-    return root, ctx, run_data_quality(ctx)
+    capture_teacher_responses(ctx)
+    dataset = build_distillation_dataset(ctx)
+    return root, ctx, dataset, run_data_quality(ctx)
 
 
 def test_real_upstream_passes_schema_suites(real_run):
     import json
 
-    _, ctx, summary = real_run
-    assert summary["passed"]
+    _, ctx, dataset, summary = real_run
+    assert summary["passed"] and summary["dataset_run_id"] == dataset["dataset_run_id"]
+    assert sum(dataset["rows"].values()) + sum(dataset["dropped"].values()) == 90
     validation = json.loads((ctx.stage_dir("quality") / "validation.json").read_text())
     suites = {s["suite"]: s for s in validation["suites"]}
     for table in ("users", "profiles", "workouts", "workout_sets", "daily_logs"):
@@ -44,9 +43,9 @@ def test_real_upstream_passes_schema_suites(real_run):
 
 
 def test_corrupt_synthetic_tables_fail_naming_rows(real_run):
-    root, ctx, _ = real_run
+    root, ctx, _, _ = real_run
     shutil.copytree(ctx.run_dir, root / "artifacts" / "bad", ignore=shutil.ignore_patterns("quality"))
-    bad = make_ctx(root, run_id="bad", **{"synthetic.n_users": 40, "queries.n_queries": 90})
+    bad = make_ctx(root, run_id="bad", **OVERRIDES)
     synth = bad.stage_dir("synthetic")
 
     profiles = pd.read_parquet(synth / "profiles.parquet")
