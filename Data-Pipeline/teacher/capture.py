@@ -218,7 +218,6 @@ class _Capture:
         if cached is not None:
             self.counters.cache_hits += 1
             return cached, 0, True
-        attempts = 0
         prompt_est = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
         worst = self.cost(prompt_est, self.cfg.max_tokens)
         retrying = AsyncRetrying(
@@ -226,13 +225,25 @@ class _Capture:
             retry=retry_if_exception(lambda e: isinstance(e, TeacherRequestError) and e.retryable),
             before_sleep=self._log_retry,
         )
+        sent: list = []
+        try:
+            await self._attempts(retrying, messages, prompt_est, worst, sent)
+        except (TeacherRequestError, BudgetExhausted) as exc:
+            exc.attempts = len(sent)  # type: ignore[attr-defined]
+            raise
+        completion = sent[-1]
+        self.cache.put(key, completion)
+        return completion, len(sent), False
+
+    async def _attempts(self, retrying, messages, prompt_est: int, worst: float, sent: list) -> None:
+        """Run the retry loop; ``sent`` gets one entry per HTTP attempt (the completion on success)."""
         async for attempt in retrying:
             with attempt:
                 if self.stopped:
                     raise BudgetExhausted
                 self.budget.reserve(worst)
                 await self.limiter.acquire(prompt_est + self.cfg.max_tokens)
-                attempts += 1
+                sent.append(None)
                 self.counters.requests += 1
                 try:
                     completion = await self.teacher.complete(messages)
@@ -245,8 +256,7 @@ class _Capture:
                 self.limiter.settle(prompt_est + self.cfg.max_tokens,
                                     completion.prompt_tokens + completion.completion_tokens)
                 self.counters.paid_usd += actual
-        self.cache.put(key, completion)
-        return completion, attempts, False
+                sent[-1] = completion
 
     def _log_retry(self, state) -> None:
         self.counters.retries += 1
@@ -270,10 +280,12 @@ class _Capture:
         while True:
             try:
                 completion, n, hit = await self.request(messages)
-            except BudgetExhausted:
+            except BudgetExhausted as exc:
+                attempts += getattr(exc, "attempts", 0)
                 self.stopped = True
                 return record(status="failed", failure_reason="budget_exhausted: teacher.budget reached")
             except TeacherRequestError as exc:
+                attempts += getattr(exc, "attempts", 0)
                 reason = "retries_exhausted" if exc.retryable else "request_rejected"
                 return record(status="failed", failure_reason=f"{reason}: {redact(str(exc), self.secrets)}")
             attempts += n

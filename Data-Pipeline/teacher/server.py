@@ -13,6 +13,9 @@ JSON). The choice is deterministic: a hash of the seed, the full request
 messages and how many times this server has seen that exact request, so a
 retried request can succeed and runs are reproducible.
 
+With ``api_key`` set, other keys get a 401 that echoes the key (as some
+providers do), to prove the client redacts it.
+
 ``running_server(...)`` starts it in-process on a free port (tests, benchmarks).
 """
 
@@ -50,7 +53,8 @@ def _unit(*parts) -> float:
 
 
 def create_app(queries: Iterable[CoachingQuery], faults: FaultConfig, model: str = "fitsense-expert-v1",
-               hang_s: float = 120.0, retry_after_s: float = 1.0, seed: int = 0, precompute: bool = True):
+               hang_s: float = 120.0, retry_after_s: float = 1.0, seed: int = 0, precompute: bool = True,
+               api_key: str | None = None):
     queries = list(queries)
     teacher = OfflineTeacher(queries, model=model)
     if precompute:  # answer every query up front so a request costs HTTP handling only
@@ -59,6 +63,7 @@ def create_app(queries: Iterable[CoachingQuery], faults: FaultConfig, model: str
     seen: Counter = Counter()
     app = FastAPI(title="FitSense offline teacher", docs_url=None, redoc_url=None)
     app.state.stats = Counter()
+    app.state.requests = []  # (monotonic time, request hash, fault or None), for tests and benchmarks
 
     def error(status: int, message: str, kind: str, headers: dict | None = None):
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers=headers)
@@ -70,8 +75,12 @@ def create_app(queries: Iterable[CoachingQuery], faults: FaultConfig, model: str
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         app.state.stats["requests"] += 1
-        if not request.headers.get("authorization", "").startswith("Bearer "):
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
             return error(401, "missing bearer token", "authentication_error")
+        if api_key is not None and auth[7:] != api_key:
+            # echoes the key like some real providers do: the client must redact it
+            return error(401, f"Incorrect API key provided: {auth[7:]}", "authentication_error")
         try:
             body = json.loads(await request.body())
             messages = [{"role": m["role"], "content": m["content"]} for m in body["messages"]]
@@ -85,6 +94,7 @@ def create_app(queries: Iterable[CoachingQuery], faults: FaultConfig, model: str
         if faults.rate and faults.kinds and _unit(seed, request_key, seen[request_key]) < faults.rate:
             fault = faults.kinds[int(_unit(seed, request_key, seen[request_key], "kind") * len(faults.kinds))]
             app.state.stats[f"fault_{fault}"] += 1
+        app.state.requests.append((time.monotonic(), request_key, fault))
         if fault == "429":
             return error(429, "rate limit reached (injected)", "rate_limit_error",
                          headers={"retry-after": f"{retry_after_s:g}"})
