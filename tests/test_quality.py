@@ -150,3 +150,15 @@ def test_starved_slice_is_flagged(base):
     bias = json.loads((starved.stage_dir("quality") / "bias.json").read_text())
     flag = next(f for f in bias["flags"] if f["tag"] == "equipment_tier" and f["value"] == "bodyweight")
     assert flag["reason"] == "under_represented"
+
+
+def test_corrupt_split_line_fails_the_gate_naming_file_and_line(base):
+    ctx = _copy_run(base, "corrupt-line")
+    path = ctx.stage_dir("dataset") / "val.jsonl"
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataQualityError, match=r"val\.jsonl:3: invalid record"):
+        run_data_quality(ctx)
+    gate = json.loads((ctx.stage_dir("quality") / "gate.json").read_text())
+    assert not gate["passed"] and "val.jsonl:3" in gate["failures"][0]

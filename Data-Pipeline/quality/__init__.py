@@ -24,11 +24,12 @@ __all__ = ["DataQualityError", "run_data_quality"]
 class DataQualityError(RuntimeError):
     """The data-quality gate failed; the message lists the failed checks and example records."""
 
-    def __init__(self, failures: list[str], gate_path: str):
-        self.failures = failures
-        shown = "\n".join(f"  - {f}" for f in failures[:20])
-        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-        super().__init__(f"data-quality gate failed ({len(failures)} failures, see {gate_path}):\n{shown}{more}")
+    def __init__(self, failures: list[str] | str, gate_path: str | None = None):
+        self.failures = [failures] if isinstance(failures, str) else list(failures)
+        shown = "\n".join(f"  - {f}" for f in self.failures[:20])
+        more = f"\n  ... and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
+        where = f", see {gate_path}" if gate_path else ""
+        super().__init__(f"data-quality gate failed ({len(self.failures)} failures{where}):\n{shown}{more}")
 
 
 def run_data_quality(ctx: RunContext) -> dict:
@@ -47,7 +48,11 @@ def run_data_quality(ctx: RunContext) -> dict:
     t0 = time.perf_counter()
 
     schema = gxmod.parse_schema()
-    tables = load_tables(ctx, list(schema))
+    try:
+        tables = load_tables(ctx, list(schema))
+    except ValueError as exc:  # a corrupt JSONL line: the message names the file and line
+        gate_path = write_json(out / "gate.json", {"passed": False, "failures": [str(exc)], "warnings": []})
+        raise DataQualityError([str(exc)], str(gate_path)) from None
     timings["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
