@@ -1,4 +1,4 @@
-"""Great Expectations suites for every artifact, run in one file context, with Data Docs.
+"""Great Expectations suites for every artifact, run in one context, with Data Docs.
 
 Suites:
 - ``synthetic.<table>``: derived from ``database/schema.sql`` (types, NOT NULL,
@@ -8,8 +8,9 @@ Suites:
   ranges, allowed values, referential consistency and leakage.
 
 Every expectation carries ``meta.severity`` (``critical`` fails the gate,
-``warning`` is reported). One GX context, one pandas data source and one
-validation definition per suite; Data Docs are built once at the end.
+``warning`` is reported). One ephemeral GX context, one pandas data source and
+one validation definition per suite; the suites are exported as JSON to
+``quality/gx/expectations/`` and Data Docs are built once into ``quality/data_docs/``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fitsense.runs import write_json
 from fitsense.catalogue import EQUIPMENT_TIERS
 from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
+from fitsense.runs import write_json
 
 log = logging.getLogger(__name__)
 logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it logs every config save at INFO
@@ -338,7 +339,7 @@ def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | No
 
 
 def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
-    """Validate every suite in one file context; build Data Docs; return results and gate items."""
+    """Validate every suite in one context; build Data Docs; return results and gate items."""
     import great_expectations as gx
 
     for path in (gx_dir, docs_dir):

@@ -169,4 +169,6 @@ def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
         by_split[s] = read_jsonl(path)
         tables.sources[f"splits.{s}"] = str(path)
     tables.splits = splits_frame(by_split)
+    log.info("quality inputs: %d synthetic tables, %d queries, %d teacher records, %d split rows",
+             len(tables.synthetic), len(tables.queries), len(tables.teacher), len(tables.splits))
     return tables
