@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from fitsense.errors import StageError
 from fitsense.runs import RunContext, atomic_path
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ CHUNK_ROWS = 50_000
 DEFAULT_DB_NAME = "fitsense.sqlite"
 
 
-class DatabaseLoadError(RuntimeError):
+class DatabaseLoadError(StageError):
     """A table that the database refused (constraint violation, bad type); names the table."""
 
 

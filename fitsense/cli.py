@@ -220,11 +220,17 @@ def config_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
 
 
 def main() -> None:
+    from fitsense.errors import StageError
+
     try:
         app()
     except ConfigError as exc:
         typer.secho(f"config error:\n{exc}", fg="red", err=True)
         sys.exit(2)
+    except (StageError, FileNotFoundError) as exc:
+        # Bad data or a missing upstream stage: the message says what and where; no traceback.
+        typer.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 
+from fitsense.errors import StageError
 from fitsense.runs import MANIFEST, RunContext, write_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ STAGE = "quality"
 __all__ = ["DataQualityError", "run_data_quality"]
 
 
-class DataQualityError(RuntimeError):
+class DataQualityError(StageError):
     """The data-quality gate failed; the message lists the failed checks and example records."""
 
     def __init__(self, failures: list[str] | str, gate_path: str | None = None):
