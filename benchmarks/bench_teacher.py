@@ -13,18 +13,23 @@ Queries come from the real synthetic + query stages. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
+
+import httpx
 
 from fitsense.config import FaultConfig, load_params
 from fitsense.data.queries import build_queries
 from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.data.teacher.capture import capture_teacher_responses
-from fitsense.data.teacher.server import running_server
+from fitsense.data.teacher.server import free_port, running_server
 from fitsense.records import CoachingQuery, TeacherRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 
@@ -45,6 +50,36 @@ def with_queries(root: Path, run_id: str, queries: list[CoachingQuery], **kw) ->
     ctx = make_ctx(root, run_id, **kw)
     write_jsonl(ctx.stage_dir("queries") / "queries.jsonl", queries)
     return ctx
+
+
+@contextlib.contextmanager
+def served(queries_path: Path, latency_ms: float = 0) -> Iterator[str]:
+    """``fitsense teacher serve`` in its own process (as in production: client and server do not share a GIL)."""
+    port = free_port()
+    cmd = ["fitsense", "teacher", "serve", "--queries", str(queries_path), "--port", str(port),
+           "--latency-ms", str(latency_ms), "--params", str(queries_path.parent / "none.yaml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("fitsense teacher serve did not start") from None
+                time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check_records(ctx: RunContext, n: int) -> dict:
@@ -74,30 +109,32 @@ def main() -> None:
 
     # 1. throughput
     n, latency_ms, conc = 2000, 100, 64
-    with running_server(all_queries, FaultConfig(latency_ms=latency_ms)) as (url, app):
+    ctx = with_queries(root, "throughput", distinct[:n], url="http://unused", concurrency=conc)
+    with served(ctx.require("queries", "queries.jsonl"), latency_ms) as (url, pid):
         ctx = with_queries(root, "throughput", distinct[:n], url=url, concurrency=conc)
-        t = time.perf_counter()
+        server_cpu, client_cpu, t = cpu_s(pid), time.process_time(), time.perf_counter()
         capture_teacher_responses(ctx)
         wall = time.perf_counter() - t
-        bound = n * latency_ms / 1000 / conc
-        print(f"throughput: {n} queries, {latency_ms} ms latency, concurrency {conc}: {wall:.2f}s "
-              f"(bound {bound:.2f}s, ratio {wall / bound:.2f}x, target <= 1.10x); "
-              f"{app.state.stats['requests']} requests; {check_records(ctx, n)}")
+        client_cpu, server_cpu = time.process_time() - client_cpu, cpu_s(pid) - server_cpu
+    bound = n * latency_ms / 1000 / conc
+    print(f"throughput: {n} queries, {latency_ms} ms latency, concurrency {conc}: {wall:.2f}s "
+          f"(bound {bound:.2f}s, ratio {wall / bound:.2f}x, target <= 1.10x); CPU per request: "
+          f"client {1000 * client_cpu / n:.2f} ms, server {1000 * server_cpu / n:.2f} ms; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {check_records(ctx, n)}")
 
     # 2. fully cached rerun of 10,000
-    with running_server(all_queries, FaultConfig()) as (url, app):
+    with served(base.require("queries", "queries.jsonl")) as (url, pid):
         fill = with_queries(root, "fill", all_queries, url=url, concurrency=conc)
         t = time.perf_counter()
         capture_teacher_responses(fill)
         fill_s = time.perf_counter() - t
         rerun = with_queries(root, "rerun", all_queries, url=url, concurrency=conc)
-        before = app.state.stats["requests"]
         t = time.perf_counter()
         summary = capture_teacher_responses(rerun)
         wall = time.perf_counter() - t
-        print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s; fully cached rerun of {len(all_queries)}: "
-              f"{wall:.2f}s (target < 2s), {app.state.stats['requests'] - before} requests, "
-              f"{summary['cached_records']} cached records")
+    print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s; fully cached rerun of {len(all_queries)}: "
+          f"{wall:.2f}s (target < 2s), {summary['requests']} requests, {summary['cached_records']} cached records, "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     # 3. 30% faults
     n_fault = ARGS.fault_queries

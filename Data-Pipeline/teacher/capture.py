@@ -16,8 +16,8 @@
 - Budget cap (``teacher.budget``): a request is only sent when its worst-case
   cost fits; once the budget is spent the run stops cleanly and the remaining
   queries are recorded failed with reason ``budget_exhausted``.
-- Crash safety: finished records are appended (flushed per record, fsynced
-  every ``FSYNC_EVERY_S``) to a journal under ``teacher/.partial/``; a rerun after
+- Crash safety: finished records are appended (flushed every ``FLUSH_EVERY_S``,
+  fsynced every ``FSYNC_EVERY_S``) to a journal under ``teacher/.partial/``; a rerun after
   kill -9 skips journaled queries (a torn last line is dropped) and the final
   ``records.jsonl`` is written atomically in query order. Only final outcomes are
   journaled (answers and invalid-after-repairs); transient failures
@@ -31,6 +31,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 STAGE = "teacher"
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
+FLUSH_EVERY_S = 0.05
 FSYNC_EVERY_S = 0.5
 # Failure reasons that are final for these params (journaled); others are retried by the next run.
 FINAL_FAILURES = ("invalid_answer",)
@@ -108,7 +111,7 @@ class Budget:
 
 
 class Journal:
-    """Append-only JSONL of finished records; survives kill -9 (flush per record, periodic fsync)."""
+    """Append-only JSONL of finished records; survives kill -9 (batched flush, periodic fsync)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -117,7 +120,7 @@ class Journal:
         if path.exists():
             self._recover()
         self._fh = open(path, "a", encoding="utf-8")
-        self._synced = time.monotonic()
+        self._synced = self._flushed = time.monotonic()
 
     def _recover(self) -> None:
         data = self.path.read_bytes()
@@ -137,14 +140,19 @@ class Journal:
 
     def write(self, rec: TeacherRecord) -> None:
         self._fh.write(rec.model_dump_json(exclude_none=True) + "\n")
-        self._fh.flush()  # in the OS after this: a killed process loses nothing
-        if time.monotonic() - self._synced > FSYNC_EVERY_S:
+        now = time.monotonic()
+        # Flushed to the OS in small batches (a killed process loses at most FLUSH_EVERY_S of
+        # journal lines, whose answers the response cache serves again for free); fsynced less often.
+        if now - self._flushed > FLUSH_EVERY_S:
+            self._fh.flush()
+            self._flushed = now
+        if now - self._synced > FSYNC_EVERY_S:
             self.sync()
 
     def sync(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._synced = time.monotonic()
+        self._synced = self._flushed = time.monotonic()
 
     def close(self) -> None:
         self.sync()
@@ -327,8 +335,6 @@ def _journal_path(ctx: RunContext, queries_path: Path, shard: tuple[int, int] | 
     cfg = ctx.params.teacher
     ident = json.dumps([cfg.provider, cfg.model, cfg.base_url, cfg.temperature, cfg.max_tokens, cfg.max_repairs,
                         file_sha256(queries_path)])
-    import hashlib
-
     fp = hashlib.sha256(ident.encode()).hexdigest()[:16]
     stem = f"records.shard-{shard[0]}-of-{shard[1]}" if shard else "records"
     return ctx.stage_dir(STAGE) / ".partial" / f"{stem}.{fp}.jsonl"
@@ -453,6 +459,8 @@ def _finalise(ctx: RunContext, records: list[TeacherRecord], counters: dict, wal
     write_json(stage_dir / SUMMARY, summary)
     for path in done_files:  # records.jsonl now holds them; the next run recaptures from the cache
         path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only when no other (shard) journal is left
     log.info("teacher: %d ok, %d failed (%s), %d cache hits, %d requests, $%.4f paid, %.1fs",
              summary["ok"], summary["failed"], summary["failure_reasons"], summary["cache_hits"],
              summary["requests"], summary["paid_usd"], wall_s)
