@@ -241,14 +241,17 @@ def evaluate_models(ctx: RunContext) -> dict:
 
     out = ctx.stage_dir(STAGE)
     files: dict[str, Path] = {}
+    prompt_tokens = {role: [g.prompt_tokens for g in gens] for role, gens in generations.items()}
+    prompt_tokens["teacher"] = [getattr(teacher_records.get(ex.query_id), "prompt_tokens", 0) for ex in examples]
     for role in ROLES:
         table = tables[role]
         records = [
             {"query_id": ex.query_id, "kind": ex.kind, "response": text, "valid": bool(r.valid),
              "adherent": bool(r.adherent), "parse_error": r.parse_error, "violations": list(r.violations),
              "referral_required": bool(r.referral_required), "referral_given": bool(r.referral_given),
-             "latency_s": r.latency_s, "completion_tokens": int(r.completion_tokens)}
-            for ex, text, r in zip(examples, texts[role], table.itertuples())
+             "latency_s": r.latency_s, "prompt_tokens": int(p), "completion_tokens": int(r.completion_tokens),
+             "cost_usd": r.cost_usd}
+            for ex, text, r, p in zip(examples, texts[role], table.itertuples(), prompt_tokens[role])
         ]
         files[f"answers_{role}"] = out / f"answers_{role}.jsonl"
         write_jsonl(files[f"answers_{role}"], records)

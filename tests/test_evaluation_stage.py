@@ -66,6 +66,7 @@ def test_metrics_are_computed_from_the_answers(evaluated):
         assert metrics["models"][role]["validity"] == pytest.approx(recomputed), role
         assert metrics["models"][role]["n"] == 5
         assert metrics["models"][role]["latency_p50_s"] > 0
+        assert all(a["prompt_tokens"] > 0 and a["completion_tokens"] > 0 for a in answers), role
     # The dataset keeps only valid, adherent teacher answers; the tiny random student writes no JSON.
     assert metrics["models"]["teacher"]["validity"] == 1.0 and metrics["models"]["teacher"]["adherence"] == 1.0
     assert metrics["models"]["student"]["validity"] == 0.0
