@@ -139,6 +139,9 @@ def serve(params: Params, host: str, port: int, faults: FaultConfig, queries_pat
     """Run the server in the foreground (``fitsense teacher serve``)."""
     import uvicorn
 
+    from fitsense.logs import configure_logging
+
+    configure_logging(extra_env_names=(params.teacher.api_key_env,))
     queries = load_queries(params, queries_path)
     app = create_app(queries, faults, model=params.teacher.model, hang_s=2 * params.teacher.timeout_s + 1,
                      seed=params.seed)
