@@ -31,6 +31,15 @@ class CoachStudentModel(PythonModel):
         base = cfg.get("base_model_path")
         if not base or not Path(base).exists():
             base = cfg["base_model"]
+            if base.startswith("bundled:"):
+                # The bundled student is converted from a GGUF by fitsense itself.
+                try:
+                    from fitsense.config import TrainingConfig
+                    from fitsense.training.student import resolve_base_model
+                except ImportError as exc:
+                    raise RuntimeError(f"base model {base!r} needs the fitsense-distill package, or a "
+                                       "base_model_path folder that exists on this machine") from exc
+                base = str(resolve_base_model(TrainingConfig(base_model=base)))
         tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
         self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         if self.tokenizer.pad_token is None:
