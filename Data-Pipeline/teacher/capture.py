@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -58,7 +59,7 @@ from fitsense.data.teacher.client import (
 from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.logs import redact, secret_values
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
-from fitsense.records import QUERY_KINDS, CoachingQuery, TeacherRecord
+from fitsense.records import QUERY_KINDS, ChatMessage, CoachingQuery, QueryConstraints, QueryKind, TeacherRecord
 from fitsense.runs import RunContext, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
 
 log = logging.getLogger(__name__)
@@ -170,14 +171,26 @@ def _parse(text: str) -> CoachAnswer:
         return parse_coach_answer(text)  # fences, reasoning blocks, prose: extract, and say why it fails
 
 
-def read_queries(path: Path) -> list[CoachingQuery]:
-    """Like ``read_jsonl(path, CoachingQuery)`` but parsed by pydantic-core directly (10k queries in well under 1 s)."""
+class QueryHead(BaseModel):
+    """What capture needs of a query for a remote teacher; parses ~4x faster than a full CoachingQuery
+    (whose context only the offline teacher reads)."""
+
+    model_config = ConfigDict(extra="ignore")
+    query_id: str
+    user_id: int
+    kind: QueryKind
+    messages: list[ChatMessage]
+    constraints: QueryConstraints
+
+
+def read_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> list:
+    """Like ``read_jsonl(path, model)`` but parsed by pydantic-core straight from the JSON text."""
     out = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    out.append(CoachingQuery.model_validate_json(line))
+                    out.append(model.model_validate_json(line))
                 except ValueError as exc:
                     raise ValueError(f"{path}:{lineno}: invalid query record: {exc}") from None
     return out
@@ -271,7 +284,7 @@ class _Capture:
         exc = state.outcome.exception()
         log.debug("teacher retry %d after %s", state.attempt_number, redact(str(exc), self.secrets))
 
-    async def capture_one(self, query: CoachingQuery) -> TeacherRecord:
+    async def capture_one(self, query: "CoachingQuery | QueryHead") -> TeacherRecord:
         messages = as_dicts(query.messages)
         base = {"query_id": query.query_id, "user_id": query.user_id, "kind": query.kind,
                 "teacher_model": self.teacher.model}
@@ -280,7 +293,8 @@ class _Capture:
         started = time.perf_counter()
 
         def record(**kw) -> TeacherRecord:
-            return TeacherRecord(**base, attempts=attempts, repairs=repairs, prompt_tokens=prompt_tokens,
+            # Built from already-validated parts: skip re-validating the answer dict (~40% of a cached rerun).
+            return TeacherRecord.model_construct(**base, attempts=attempts, repairs=repairs, prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens, cost_usd=round(cost, 8),
                                  latency_s=round(time.perf_counter() - started, 4),
                                  cache_hit=all_cached and attempts == 0 and prompt_tokens > 0, **kw)
@@ -404,7 +418,7 @@ def capture_teacher_responses(ctx: RunContext, shard_index: int | None = None, n
     cfg = ctx.params.teacher
     started = time.perf_counter()
     queries_path = ctx.require("queries", "queries.jsonl")
-    queries = read_queries(queries_path)
+    queries = read_queries(queries_path, CoachingQuery if cfg.provider == "offline" else QueryHead)
     shard = None
     if shard_index is not None:
         if not 0 <= shard_index < num_shards:
@@ -474,7 +488,7 @@ def merge_teacher_shards(ctx: RunContext, num_shards: int) -> dict:
     """Merge ``records.shard-<i>-of-<n>.jsonl`` into ``records.jsonl`` (query order), summary, manifest."""
     started = time.perf_counter()
     stage_dir = ctx.stage_dir(STAGE)
-    queries = read_queries(ctx.require("queries", "queries.jsonl"))
+    queries = read_queries(ctx.require("queries", "queries.jsonl"), QueryHead)
     by_id: dict[str, TeacherRecord] = {}
     counters: Counter = Counter()
     shard_files = []
