@@ -60,7 +60,7 @@ from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.logs import redact, secret_values
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import QUERY_KINDS, ChatMessage, CoachingQuery, QueryConstraints, QueryKind, TeacherRecord
-from fitsense.runs import RunContext, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
+from fitsense.runs import RunContext, atomic_open, file_sha256, read_jsonl, write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,7 @@ class _Capture:
         started = time.perf_counter()
 
         def record(**kw) -> TeacherRecord:
-            # Built from already-validated parts: skip re-validating the answer dict (~40% of a cached rerun).
-            return TeacherRecord.model_construct(**base, attempts=attempts, repairs=repairs, prompt_tokens=prompt_tokens,
+            return TeacherRecord(**base, attempts=attempts, repairs=repairs, prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens, cost_usd=round(cost, 8),
                                  latency_s=round(time.perf_counter() - started, 4),
                                  cache_hit=all_cached and attempts == 0 and prompt_tokens > 0, **kw)
@@ -378,6 +377,12 @@ async def _run(capture: _Capture, todo: list[CoachingQuery], journal: Journal, r
             await capture.teacher.aclose()
 
 
+def write_records(path: Path, records: list[TeacherRecord]) -> None:
+    """Atomically write records as JSONL (pydantic's own serializer: ~3x faster than ``write_jsonl``)."""
+    with atomic_open(path) as fh:
+        fh.writelines(r.model_dump_json(exclude_none=True) + "\n" for r in records)
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if values else None
 
@@ -454,7 +459,7 @@ def capture_teacher_responses(ctx: RunContext, shard_index: int | None = None, n
     stage_dir = ctx.stage_dir(STAGE)
     if shard is not None:
         out = stage_dir / shard_name(*shard)
-        write_jsonl(out, records)
+        write_records(out, records)
         summary = build_summary(records, counters, time.perf_counter() - started, cfg)
         write_json(stage_dir / f"summary.shard-{shard[0]}-of-{shard[1]}.json", summary)
         journal.path.unlink(missing_ok=True)
@@ -468,7 +473,7 @@ def _finalise(ctx: RunContext, records: list[TeacherRecord], counters: dict, wal
     cfg = ctx.params.teacher
     stage_dir = ctx.stage_dir(STAGE)
     out = stage_dir / RECORDS
-    write_jsonl(out, records)
+    write_records(out, records)
     summary = build_summary(records, counters, wall_s, cfg)
     write_json(stage_dir / SUMMARY, summary)
     for path in done_files:  # records.jsonl now holds them; the next run recaptures from the cache
