@@ -186,6 +186,25 @@ def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model
     assert generated.shape == (2, enc["input_ids"].shape[1] + 3)
 
 
+def test_checkpoints_are_reused_only_for_the_same_unfinished_training(tmp_path):
+    from fitsense.training.train import RESUME_FILE, _prepare_checkpoints
+
+    ckpt = tmp_path / "checkpoints"
+
+    def killed_run(record):
+        (ckpt / "checkpoint-2").mkdir(parents=True, exist_ok=True)
+        (ckpt / "checkpoint-2" / "trainer_state.json").write_text("{}")
+        (ckpt / RESUME_FILE).write_text(json.dumps(record))
+
+    killed_run({"key": "a", "mlflow_run_id": "m1"})
+    last, record = _prepare_checkpoints(ckpt, "a")
+    assert last.endswith("checkpoint-2") and record["mlflow_run_id"] == "m1"
+    last, record = _prepare_checkpoints(ckpt, "b")  # other params/data/base model
+    assert last is None and record == {"key": "b"} and not (ckpt / "checkpoint-2").exists()
+    killed_run({"key": "a", "completed": True})
+    assert _prepare_checkpoints(ckpt, "a")[0] is None and not (ckpt / "checkpoint-2").exists()
+
+
 def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(tmp_path, tiny_model_dir, monkeypatch):
     from fitsense.training import train as train_mod
 
@@ -220,7 +239,7 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(tmp_path
     assert state["global_step"] == 4
     assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
 
-    # Other training params: the old checkpoints are not reused.
+    # A rerun after the completed training (here with other params) trains afresh.
     ctx2 = RunContext.create(_params(tmp_path, tiny_model_dir, training__batch_size=1, training__max_steps=2,
                                      training__eval_steps=2, training__max_val_examples=1), "resume")
     assert train_mod.train_student(ctx2)["steps"] == 2

@@ -26,7 +26,8 @@ Resuming: checkpoints (adapter, optimizer, scheduler, RNG state) are saved
 every ``eval_steps`` steps to ``training/checkpoints/``, keeping the last
 ``save_total_limit`` (plus the best one). Rerunning a killed run with the same
 run id, data and training params continues from the last checkpoint, in the
-same MLflow run; changed params or data start afresh.
+same MLflow run; changed params or data, or a rerun after a completed
+training, start afresh.
 
 Every run is one MLflow run: params, per-step train/eval loss (logged by a
 callback; the trainer's own ``report_to`` integrations are off so no second run
@@ -187,7 +188,7 @@ def sft_config(params: Params, output_dir: Path, device: str, has_val: bool):
         greater_is_better=False if has_val else None,
         use_cpu=device == "cpu",
         bf16=device == "cuda",
-        gradient_checkpointing=device == "cuda",  # on the CPU the 135M model fits; recomputation only costs time
+        activation_checkpointing=device == "cuda",  # on the CPU the 135M model fits; recomputation only costs time
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # MLflow is logged by MlflowStepLogger into the stage's own run
         dataloader_num_workers=0,
@@ -244,10 +245,12 @@ def _prepare_checkpoints(ckpt_dir: Path, key: str) -> tuple[str | None, dict]:
     if ckpt_dir.exists():
         record = json.loads(record_path.read_text()) if record_path.exists() else {}
         last = get_last_checkpoint(str(ckpt_dir))
-        if last and record.get("key") == key:
+        if last and record.get("completed"):
+            log.info("the previous training of this run completed: training afresh")
+        elif last and record.get("key") == key:
             log.info("resuming from %s", last)
             return last, record
-        if last:
+        elif last:
             log.warning("checkpoints in %s belong to other params or data: starting afresh", ckpt_dir)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True)
@@ -480,6 +483,8 @@ def train_student(ctx: RunContext) -> dict:
                "student": stage_dir / "student.json"}
     if merged_dir:
         outputs["merged"] = merged_dir
+    record["completed"] = True  # a later rerun trains afresh; only a killed run resumes
+    write_json(ckpt_dir / RESUME_FILE, record)
     write_manifest(ctx, STAGE, outputs, rows={"train": len(train_rows), "val": len(val_rows)},
                    extra={"mlflow_run_id": mlflow_run_id, "dataset_run_id": info["dataset_run_id"]})
     log.info("trained %s steps: val loss %s -> %s (best %s), %.1f tokens/s", state.global_step,
