@@ -153,13 +153,13 @@ class TrainingConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: Literal["auto", "none", "4bit"] = "auto"  # auto = QLoRA 4-bit on CUDA, plain LoRA on CPU
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
-    max_steps: int = Field(default=12, ge=-1)  # -1 = run num_epochs
+    max_steps: int = Field(default=24, ge=-1)  # -1 = run num_epochs
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=2, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_length: int = Field(default=1536, ge=32)  # longer examples are dropped, not truncated
     max_train_examples: int | None = Field(default=None, ge=1)
-    eval_steps: int = Field(default=6, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)
+    eval_steps: int = Field(default=8, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)
     save_total_limit: int = Field(default=2, ge=1)  # checkpoints kept for resuming a killed run
     max_val_examples: int | None = Field(default=8, ge=1)
     early_stopping_patience: int = Field(default=3, ge=0)  # 0 = off
