@@ -169,9 +169,9 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    max_examples: int | None = Field(default=24, ge=1)  # of the test split; None = all
-    max_new_tokens: int = Field(default=400, ge=8)
-    batch_size: int = Field(default=8, ge=1)
+    max_examples: int | None = Field(default=12, ge=1)  # of the test split; None = all
+    max_new_tokens: int = Field(default=1024, ge=8)  # teacher answers: median ~500, max ~1,100 tokens
+    batch_size: int = Field(default=12, ge=1)
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
 

@@ -8,18 +8,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from fitsense.evaluation.report import COMPARISON_ROWS, fmt
 from fitsense.pipeline import STAGE_NAMES
 from fitsense.runs import RunContext
 
-SUMMARY_ROWS = (
-    ("validity", "Schema validity", "pct"),
-    ("adherence", "Constraint adherence", "pct"),
-    ("referral_recall", "Referral recall", "pct"),
-    ("referral_precision", "Referral precision", "pct"),
-    ("teacher_exercise_overlap", "Teacher overlap", "pct"),
-    ("latency_p50_s", "Latency p50 (s)", "sec"),
-    ("usd_per_1k_answers", "USD / 1k answers", "usd"),
-)
+# The comparison table's rows that fit a terminal (the full table is in comparison.md).
+SUMMARY_KEYS = ("validity", "adherence", "referral_recall", "referral_precision",
+                "teacher_exercise_overlap", "latency_p50_s", "usd_per_1k_answers")
 
 
 def _read_json(path: Path) -> dict | None:
@@ -29,20 +24,15 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _fmt(value, kind: str) -> str:
-    if value is None:
-        return "n/a"
-    return {"pct": f"{100 * value:.1f}%", "sec": f"{value:.3f}", "usd": f"{value:.4f}"}[kind]
-
-
 def comparison_table(metrics: dict) -> Table:
     models = metrics.get("models", {})
     table = Table(title=f"Test split: {metrics.get('n_examples', '?')} examples")
     table.add_column("Metric")
     for role in models:
         table.add_column(role, justify="right")
-    for key, label, kind in SUMMARY_ROWS:
-        table.add_row(label, *(_fmt(m.get(key), kind) for m in models.values()))
+    for key, label, kind in COMPARISON_ROWS:
+        if key in SUMMARY_KEYS:
+            table.add_row(label, *(fmt(m.get(key), kind) for m in models.values()))
     return table
 
 
