@@ -32,16 +32,22 @@ class ResponseCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: durable across a killed process (not across power loss), and fast.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._seen: dict[str, Completion] = {}  # entries never change (first answer wins): read each once
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
             "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL)"
         )
 
     def get(self, key: str) -> Completion | None:
+        if key in self._seen:
+            return self._seen[key]
         row = self._db.execute(
             "SELECT text, prompt_tokens, completion_tokens FROM responses WHERE key = ?", (key,)
         ).fetchone()
-        return Completion(*row) if row else None
+        if row is None:
+            return None
+        completion = self._seen[key] = Completion(*row)
+        return completion
 
     def put(self, key: str, completion: Completion) -> None:
         self._db.execute(

@@ -58,8 +58,8 @@ class Teacher(Protocol):
 
 
 def as_dicts(messages: Iterable[ChatMessage | dict]) -> list[dict]:
-    return [m.model_dump() if isinstance(m, ChatMessage) else {"role": m["role"], "content": m["content"]}
-            for m in messages]
+    return [{"role": m.role, "content": m.content} if isinstance(m, ChatMessage)
+            else {"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def query_key(messages: list[dict]) -> str:
@@ -133,8 +133,6 @@ class OpenAITeacher:
     remote = True
 
     def __init__(self, cfg: TeacherConfig):
-        import openai
-
         key = os.environ.get(cfg.api_key_env)
         if not key:
             raise TeacherConfigError(
@@ -144,8 +142,17 @@ class OpenAITeacher:
         self.model = cfg.model
         self.cfg = cfg
         self._secrets = secret_values((cfg.api_key_env,))
-        self._client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s,
-                                          http_client=_http_client(cfg))
+        self._key = key
+        self._client = None  # made on the first request: a fully cached run never imports the SDK (~0.8 s)
+
+    @property
+    def client(self):
+        if self._client is None:
+            import openai
+
+            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._key, max_retries=0,
+                                              timeout=self.cfg.timeout_s, http_client=_http_client(self.cfg))
+        return self._client
 
     async def complete(self, messages: list[dict]) -> Completion:
         import openai
@@ -155,7 +162,7 @@ class OpenAITeacher:
             # ``chat.completions.create`` it skips walking the ~35-field params TypedDict (~1.5 ms CPU per
             # request, a no-op for role/content messages), and ``cast_to=object`` returns the decoded JSON
             # instead of building a ChatCompletion model of which we read two fields (~0.3 ms).
-            data = await self._client.post(
+            data = await self.client.post(
                 "/chat/completions", cast_to=object,
                 body={"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
                       "max_tokens": self.cfg.max_tokens},
@@ -192,7 +199,8 @@ class OpenAITeacher:
         return redact(text, self._secrets)[:500]
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if self._client is not None:
+            await self._client.close()
 
 
 def make_teacher(cfg: TeacherConfig, queries: Iterable[CoachingQuery]) -> Teacher:
