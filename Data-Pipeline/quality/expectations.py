@@ -334,7 +334,9 @@ def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | No
     limits_text = f" {limits}" if limits else ""
     fk = cfg.get("meta", {}).get("foreign_key")
     fk_text = f" (references {fk})" if fk else ""
-    msg = f"suite {suite.name}: {cfg['type']}(column={column}){limits_text}{fk_text} failed{detail}"
+    param = cfg.get("meta", {}).get("param")
+    param_text = f" (set by {param})" if param else ""
+    msg = f"suite {suite.name}: {cfg['type']}(column={column}){limits_text}{fk_text}{param_text} failed{detail}"
     return msg, examples
 
 
@@ -342,6 +344,7 @@ def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
     """Validate every suite in one context; build Data Docs; return results and gate items."""
     import great_expectations as gx
 
+    gx_dir, docs_dir = gx_dir.resolve(), docs_dir.resolve()  # GX's site store needs absolute paths
     for path in (gx_dir, docs_dir):
         shutil.rmtree(path, ignore_errors=True)  # a fresh project per run: docs show this run only
     # Ephemeral: a file context rewrites its YAML on every add (seconds per run); the suites are
