@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -107,20 +108,31 @@ def main() -> None:
             seen.add(key)
             distinct.append(q)
 
-    # 1. throughput
+    # The SDK is imported on a remote teacher's first request: a one-off cost, timed apart from throughput.
+    t = time.perf_counter()
+    import openai  # noqa: F401
+
+    print(f"openai SDK import: {time.perf_counter() - t:.2f}s (once per process; not in the figures below)")
+
+    # 1. throughput (a fresh run ID and cache each repetition: every query is a real request)
     n, latency_ms, conc = 2000, 100, 64
-    ctx = with_queries(root, "throughput", distinct[:n], url="http://unused", concurrency=conc)
-    with served(ctx.require("queries", "queries.jsonl"), latency_ms) as (url, pid):
-        ctx = with_queries(root, "throughput", distinct[:n], url=url, concurrency=conc)
-        server_cpu, client_cpu, t = cpu_s(pid), time.process_time(), time.perf_counter()
-        capture_teacher_responses(ctx)
-        wall = time.perf_counter() - t
-        client_cpu, server_cpu = time.process_time() - client_cpu, cpu_s(pid) - server_cpu
     bound = n * latency_ms / 1000 / conc
-    print(f"throughput: {n} queries, {latency_ms} ms latency, concurrency {conc}: {wall:.2f}s "
-          f"(bound {bound:.2f}s, ratio {wall / bound:.2f}x, target <= 1.10x); CPU per request: "
-          f"client {1000 * client_cpu / n:.2f} ms, server {1000 * server_cpu / n:.2f} ms; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {check_records(ctx, n)}")
+    ctx = with_queries(root, "throughput", distinct[:n], url="http://unused", concurrency=conc)
+    walls = []
+    with served(ctx.require("queries", "queries.jsonl"), latency_ms) as (url, pid):
+        for rep in range(ARGS.throughput_reps):
+            ctx = with_queries(root, f"throughput-{rep}", distinct[:n], url=url, concurrency=conc,
+                               cache_dir=str(root / f"cache-throughput-{rep}"))
+            server_cpu, client_cpu, t = cpu_s(pid), time.process_time(), time.perf_counter()
+            capture_teacher_responses(ctx)
+            wall = time.perf_counter() - t
+            client_cpu, server_cpu = time.process_time() - client_cpu, cpu_s(pid) - server_cpu
+            walls.append(wall)
+            print(f"throughput: {n} queries, {latency_ms} ms latency, concurrency {conc}: {wall:.2f}s "
+                  f"(bound {bound:.2f}s, ratio {wall / bound:.2f}x, target <= 1.10x); CPU per request: "
+                  f"client {1000 * client_cpu / n:.2f} ms, server {1000 * server_cpu / n:.2f} ms; "
+                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {check_records(ctx, n)}")
+    throughput_ratio = statistics.median(walls) / bound
 
     # 2. fully cached rerun of 10,000
     with served(base.require("queries", "queries.jsonl")) as (url, pid):
@@ -135,6 +147,7 @@ def main() -> None:
     print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s; fully cached rerun of {len(all_queries)}: "
           f"{wall:.2f}s wall, {cpu:.2f}s CPU (target < 2s), {summary['requests']} requests, "
           f"{summary['cached_records']} cached records, load average {os.getloadavg()[0]:.1f}")
+    cached_wall = wall
 
     # 3. 30% faults
     n_fault = ARGS.fault_queries
@@ -151,11 +164,21 @@ def main() -> None:
               f"accounted {100 * checked['records'] / n_fault:.1f}%, retries {summary['retries']}, "
               f"repairs {summary['repairs']}, failure reasons {summary['failure_reasons']}")
 
+    accounted = checked["records"] == n_fault and checked["duplicates"] == 0
+    print("\nFIGURES")
+    print(f"  throughput  median {statistics.median(walls):.2f}s over {len(walls)} runs = {throughput_ratio:.2f}x "
+          f"the bound {bound:.2f}s (target <= 1.10x): {'PASS' if throughput_ratio <= 1.10 else 'MISS'}")
+    print(f"  cached      rerun of {len(all_queries)} queries {cached_wall:.2f}s (target < 2s): "
+          f"{'PASS' if cached_wall < 2 else 'MISS'}")
+    print(f"  faults      {checked['ok']} ok + {checked['failed']} failed of {n_fault}, "
+          f"{checked['duplicates']} duplicates: {'PASS' if accounted else 'MISS'}")
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n-users", type=int, default=300)
     parser.add_argument("--fault-queries", type=int, default=1000)
+    parser.add_argument("--throughput-reps", type=int, default=3, help="throughput runs (the median is the figure)")
     parser.add_argument("--workdir", default="/tmp/fitsense-bench-teacher")
     ARGS = parser.parse_args()
     main()
