@@ -140,14 +140,18 @@ def main() -> None:
         t = time.perf_counter()
         capture_teacher_responses(fill)
         fill_s = time.perf_counter() - t
-        rerun = with_queries(root, "rerun", all_queries, url=url, concurrency=conc)
-        cpu, t = time.process_time(), time.perf_counter()
-        summary = capture_teacher_responses(rerun)
-        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
-    print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s; fully cached rerun of {len(all_queries)}: "
-          f"{wall:.2f}s wall, {cpu:.2f}s CPU (target < 2s), {summary['requests']} requests, "
-          f"{summary['cached_records']} cached records, load average {os.getloadavg()[0]:.1f}")
-    cached_wall = wall
+        print(f"cache: filling {len(all_queries)} took {fill_s:.1f}s")
+        cached_walls = []
+        for rep in range(ARGS.cached_reps):  # a fresh run ID sharing the cache each time
+            rerun = with_queries(root, f"rerun-{rep}", all_queries, url=url, concurrency=conc)
+            cpu, t = time.process_time(), time.perf_counter()
+            summary = capture_teacher_responses(rerun)
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+            cached_walls.append(wall)
+            print(f"cache: fully cached rerun of {len(all_queries)}: {wall:.2f}s wall, {cpu:.2f}s CPU (target < 2s), "
+                  f"{summary['requests']} requests, {summary['cached_records']} cached records, "
+                  f"load average {os.getloadavg()[0]:.1f}")
+    cached_wall = statistics.median(cached_walls)
 
     # 3. 30% faults
     n_fault = ARGS.fault_queries
@@ -168,7 +172,8 @@ def main() -> None:
     print("\nFIGURES")
     print(f"  throughput  median {statistics.median(walls):.2f}s over {len(walls)} runs = {throughput_ratio:.2f}x "
           f"the bound {bound:.2f}s (target <= 1.10x): {'PASS' if throughput_ratio <= 1.10 else 'MISS'}")
-    print(f"  cached      rerun of {len(all_queries)} queries {cached_wall:.2f}s (target < 2s): "
+    print(f"  cached      rerun of {len(all_queries)} queries median {cached_wall:.2f}s over {len(cached_walls)} runs "
+          f"(target < 2s): "
           f"{'PASS' if cached_wall < 2 else 'MISS'}")
     print(f"  faults      {checked['ok']} ok + {checked['failed']} failed of {n_fault}, "
           f"{checked['duplicates']} duplicates: {'PASS' if accounted else 'MISS'}")
@@ -179,6 +184,7 @@ if __name__ == "__main__":
     parser.add_argument("--n-users", type=int, default=300)
     parser.add_argument("--fault-queries", type=int, default=1000)
     parser.add_argument("--throughput-reps", type=int, default=3, help="throughput runs (the median is the figure)")
+    parser.add_argument("--cached-reps", type=int, default=3, help="cached reruns (the median is the figure)")
     parser.add_argument("--workdir", default="/tmp/fitsense-bench-teacher")
     ARGS = parser.parse_args()
     main()
