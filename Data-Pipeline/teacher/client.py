@@ -117,8 +117,12 @@ def _http_client(cfg: TeacherConfig):
     """The SDK's aiohttp transport (about half the CPU per request of its default httpx transport), with
     a keep-alive pool sized to ``teacher.concurrency`` so no worker ever waits for, or reopens, a connection.
     Falls back to the SDK default when aiohttp is not installed."""
-    import httpx2
     import openai
+
+    try:
+        import httpx2  # the SDK's HTTP layer from openai 3.x on
+    except ImportError:
+        import httpx as httpx2
 
     limits = httpx2.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
     try:
