@@ -41,6 +41,35 @@ def _completion_lengths(new_tokens, eos_ids: set[int]) -> list[int]:
     return lengths
 
 
+class StopWhenAnswerComplete:
+    """Stop each row once it has written one complete JSON object.
+
+    The scorer reads only the first balanced JSON object of an answer
+    (``fitsense.plan.extract_json_text``), so tokens after it cannot change a
+    metric; a model that keeps talking after its plan (the base student often
+    does) would otherwise run to ``max_new_tokens`` and dominate CPU time.
+    """
+
+    def __init__(self, tokenizer, prompt_length: int):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        from fitsense.plan import AnswerParseError, extract_json_text
+
+        done = []
+        for row in input_ids[:, self.prompt_length :]:
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            try:
+                extract_json_text(text)
+                done.append(True)
+            except AnswerParseError:
+                done.append(False)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -54,12 +83,15 @@ def generate_answers(
     """Generate one answer per conversation (system + user messages), greedily, in left-padded batches."""
     import torch
     from rich.progress import Progress
+    from transformers import StoppingCriteriaList
 
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"  # decoder-only batching needs the prompts flush right
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     eos_ids.add(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        eos_ids.add(tokenizer.pad_token_id)  # rows stopped early are padded with it
     device = next(model.parameters()).device
     out: list[Generation] = []
     with Progress(transient=True) as progress:
@@ -73,12 +105,14 @@ def generate_answers(
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(seed)
             started = time.perf_counter()
+            stop = StoppingCriteriaList([StopWhenAnswerComplete(tokenizer, enc["input_ids"].shape[1])])
             with torch.inference_mode():
                 generated = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=stop,
                 )
             elapsed = time.perf_counter() - started
             new_tokens = generated[:, enc["input_ids"].shape[1] :]
