@@ -70,12 +70,9 @@ def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airf
 def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) -> dict:
     """Merge shard outputs into the teacher stage's records and manifest."""
     from fitsense.data.teacher.capture import merge_teacher_shards
-    from fitsense.pipeline import fingerprint
-    from fitsense.runs import MANIFEST, write_json
+    from fitsense.pipeline import mark_complete
 
     ctx = context_for_task(dag_params, airflow_run_id)
     result = merge_teacher_shards(ctx, num_shards)
-    manifest = ctx.manifest("teacher") or {}
-    manifest["fingerprint"] = fingerprint(ctx, "teacher")
-    write_json(ctx.stage_dir("teacher") / MANIFEST, manifest)
+    mark_complete(ctx, "teacher")
     return result

@@ -75,15 +75,21 @@ def is_complete(ctx: RunContext, name: str) -> bool:
     return bool(manifest) and manifest.get("fingerprint") == fingerprint(ctx, name)
 
 
+def mark_complete(ctx: RunContext, name: str, **extra) -> dict:
+    """Stamp a finished stage's manifest with its params fingerprint, so reruns can skip it."""
+    manifest = ctx.manifest(name) or {}
+    manifest.update(fingerprint=fingerprint(ctx, name), **extra)
+    write_json(ctx.stage_dir(name) / MANIFEST, manifest)
+    return manifest
+
+
 def run_stage(ctx: RunContext, name: str) -> dict:
     """Run one stage unconditionally and stamp its manifest with the params fingerprint."""
     stage = get_stage(name)
     log.info("stage %s: %s (run %s)", name, stage.summary, ctx.run_id)
     started = time.perf_counter()
     result = stage.load()(ctx) or {}
-    manifest = ctx.manifest(name) or {}
-    manifest.update(fingerprint=fingerprint(ctx, name), seconds=round(time.perf_counter() - started, 2))
-    write_json(ctx.stage_dir(name) / MANIFEST, manifest)
+    manifest = mark_complete(ctx, name, seconds=round(time.perf_counter() - started, 2))
     log.info("stage %s done in %.1fs", name, manifest["seconds"])
     return result
 
