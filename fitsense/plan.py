@@ -7,18 +7,32 @@ reps and RIR (reps in reserve), so a plan is safe for any strength level.
 
 Each exercise prescribes ``sets`` working sets of ``reps`` target reps at
 ``rir`` target reps-in-reserve, with ``rest_s`` seconds rest between sets; the
-SQL loader expands that into one ``plan_sets`` row per set. The keys are short
-on purpose: the student is trained on this exact text, and every token counts
-on a CPU budget.
+SQL loader expands that into one ``plan_sets`` row per set. In JSON an exercise
+is one prescription string, ``"Goblet Squat 3x10 RIR2 90s"`` (name, sets x
+reps, RIR, rest), the notation coaches write; in Python it is a
+``PlannedExercise`` with typed fields. The text is compact on purpose: the
+student is trained on this exact text, and the string form takes a third fewer
+tokens than an object per exercise (a CPU budget counts every token). The
+object form ``{"name", "sets", "reps", "rir", "rest_s"}`` is still accepted on
+input.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 Name = Annotated[str, Field(min_length=1, max_length=80)]
 
@@ -34,11 +48,37 @@ class PlannedExercise(_Strict):
     rir: int = Field(ge=0, le=5)
     rest_s: int = Field(ge=0, le=600)
 
+    def prescription(self) -> str:
+        return f"{self.name} {self.sets}x{self.reps} RIR{self.rir} {self.rest_s}s"
+
+
+PRESCRIPTION = re.compile(r"^(?P<name>\S.*?) (?P<sets>\d+)x(?P<reps>\d+) RIR(?P<rir>\d+) (?P<rest_s>\d+)s$")
+PRESCRIPTION_FORMAT = "<name> <sets>x<reps> RIR<rir> <rest>s"
+
+
+def _parse_prescription(value: Any) -> Any:
+    """``"Push-Up 3x8 RIR2 90s"`` -> field dict; objects pass through to normal validation."""
+    if not isinstance(value, str):
+        return value
+    match = PRESCRIPTION.match(value.strip())
+    if match is None:
+        raise ValueError(f"exercise {value[:60]!r} is not '{PRESCRIPTION_FORMAT}'")
+    return {k: (v if k == "name" else int(v)) for k, v in match.groupdict().items()}
+
+
+Exercise = Annotated[
+    PlannedExercise,
+    BeforeValidator(_parse_prescription),
+    PlainSerializer(PlannedExercise.prescription, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\S.*? \d+x\d+ RIR\d+ \d+s$",
+                    "description": f"'{PRESCRIPTION_FORMAT}', e.g. 'Goblet Squat 3x10 RIR2 90s'"}),
+]
+
 
 class PlanDay(_Strict):
     day: int = Field(ge=1, le=7)  # order within the week
     name: Name
-    exercises: list[PlannedExercise] = Field(min_length=1, max_length=12)
+    exercises: list[Exercise] = Field(min_length=1, max_length=12)
 
 
 class SafetyBlock(_Strict):

@@ -87,7 +87,8 @@ def test_clean_capture_matches_the_offline_teacher(tmp_path, queries):
 def test_each_fault_kind_is_retried_or_repaired(tmp_path, queries, kind, counter):
     faults = FaultConfig(rate=0.5, kinds=[kind])
     with running_server(queries, faults, hang_s=1.5, retry_after_s=0.01) as (url, app):
-        ctx = make_ctx(tmp_path, queries, url, timeout_s=0.3, max_retries=10, max_repairs=6)
+        # Faults are a deterministic hash per attempt: at rate 0.5, 20 retries or 10 repairs leave ~0.01 chance to fail.
+        ctx = make_ctx(tmp_path, queries, url, timeout_s=0.3, max_retries=20, max_repairs=10)
         summary = capture_teacher_responses(ctx)
     assert app.state.stats[f"fault_{kind}"] > 0
     assert summary[counter] > 0

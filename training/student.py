@@ -122,6 +122,22 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast is fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> bf16 on CUDA or a bf16-capable CPU, else fp32; bf16 asked of a CPU without it is allowed (slow)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
 def load_tokenizer(model_dir: str | Path, padding_side: str = "right"):
     from transformers import AutoTokenizer
 

@@ -51,7 +51,13 @@ from transformers import TrainerCallback
 from fitsense.config import ConfigError, Params, TrainingConfig
 from fitsense.records import DistillRecord
 from fitsense.runs import RunContext, atomic_open, read_jsonl, write_json, write_manifest
-from fitsense.training.student import load_tokenizer, merge_adapter, resolve_base_model, resolve_device
+from fitsense.training.student import (
+    load_tokenizer,
+    merge_adapter,
+    resolve_base_model,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +151,14 @@ def load_base_for_training(model_dir: Path, device: str, quantization: str):
     return model.to(device)
 
 
-def lora_config(cfg: TrainingConfig):
+def lora_config(cfg: TrainingConfig, num_layers: int):
     from peft import LoraConfig
 
+    top = cfg.lora.top_layers
+    if top is not None and top > num_layers:
+        raise ConfigError(f"training.lora.top_layers: {top} but the model has only {num_layers} layers")
     return LoraConfig(
+        layers_to_transform=None if top is None else list(range(num_layers - top, num_layers)),
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
@@ -162,6 +172,7 @@ def sft_config(params: Params, output_dir: Path, device: str, has_val: bool):
     from trl import SFTConfig
 
     cfg = params.training
+    bf16 = resolve_precision(cfg.precision, device) == "bf16"
     return SFTConfig(
         output_dir=str(output_dir),
         seed=params.seed,
@@ -187,7 +198,7 @@ def sft_config(params: Params, output_dir: Path, device: str, has_val: bool):
         metric_for_best_model="eval_loss" if has_val else None,
         greater_is_better=False if has_val else None,
         use_cpu=device == "cpu",
-        bf16=device == "cuda",
+        bf16=bf16,  # mixed precision: fp32 master weights, bf16 matmuls (autocast on the CPU)
         activation_checkpointing=device == "cuda",  # on the CPU the 135M model fits; recomputation only costs time
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # MLflow is logged by MlflowStepLogger into the stage's own run
@@ -225,7 +236,7 @@ def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_
         train_dataset=as_dataset(train_rows),
         eval_dataset=as_dataset(val_rows) if val_rows else None,
         processing_class=tokenizer,
-        peft_config=lora_config(params.training),
+        peft_config=lora_config(params.training, model.config.num_hidden_layers),
         callbacks=[MlflowStepLogger()],
     )
 
@@ -392,6 +403,7 @@ def train_student(ctx: RunContext) -> dict:
             })
             _log_run_inputs(params, info, train_rows, val_rows, dataset_dir, {
                 "base_model_path": str(base_path), "device": device, "quantization": quantization,
+                "precision": resolve_precision(cfg.precision, device),
                 "train_examples": len(train_rows), "val_examples": len(val_rows),
             })
 
@@ -467,6 +479,7 @@ def train_student(ctx: RunContext) -> dict:
             "dataset_digest": info["digest"],
             "device": device,
             "quantization": quantization,
+            "precision": resolve_precision(cfg.precision, device),
         }
         write_json(stage_dir / "metrics.json", metrics)
         _write_loss_csv(stage_dir / "loss.csv", loss_rows)

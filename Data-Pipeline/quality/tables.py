@@ -44,13 +44,11 @@ class Tables:
         return out
 
 
-def _plan_size(answer) -> tuple[int, int, int]:
-    if not isinstance(answer, dict):
+def _plan_size(answer: CoachAnswer | None) -> tuple[int, int, int]:
+    if answer is None:
         return 0, 0, 0
-    days = answer.get("days") or []
-    exercises = [ex for d in days if isinstance(d, dict) for ex in (d.get("exercises") or [])]
-    sets = sum(ex.get("sets", 0) for ex in exercises if isinstance(ex, dict) and isinstance(ex.get("sets"), int))
-    return len(days), len(exercises), sets
+    exercises = [ex for d in answer.days for ex in d.exercises]
+    return len(answer.days), len(exercises), sum(ex.sets for ex in exercises)
 
 
 def queries_frame(rows: list[dict]) -> pd.DataFrame:
@@ -82,7 +80,7 @@ def teacher_frame(rows: list[dict]) -> pd.DataFrame:
             parsed = CoachAnswer.model_validate(answer) if isinstance(answer, dict) else None
         except ValidationError:
             parsed = None
-        n_days, n_ex, n_sets = _plan_size(answer)
+        n_days, n_ex, n_sets = _plan_size(parsed)
         status = r.get("status")
         out.append({
             **{k: r.get(k) for k in ("query_id", "user_id", "kind", "teacher_model", "status", "failure_reason",
