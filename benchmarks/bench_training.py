@@ -8,6 +8,12 @@ a temporary folder, with a throw-away MLflow store. Use it to size
     python benchmarks/bench_training.py                      # bundled SmolLM2-135M, 4 steps
     python benchmarks/bench_training.py --steps 8 --set training.batch_size=4
     python benchmarks/bench_training.py --set training.base_model=/path/to/model
+    python benchmarks/bench_training.py --compare            # each CPU speed-up in turn, ratios in one run
+
+``--compare`` runs, one after the other in the same process, the stop-8 CPU
+set-up (fp32, LoRA dropout 0.05, LoRA in all layers, TRL's fused LM-head loss)
+and then adds one change at a time up to the current defaults, printing
+tokens/s and the ratio to the first row.
 """
 
 from __future__ import annotations
@@ -23,58 +29,100 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--val", type=int, default=4, help="validation examples (base eval timing)")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value params override")
-    args = parser.parse_args()
+# (label, params overrides, use TRL's own fused-LM-head loss on the CPU)
+COMPARE = [
+    ("stop-8 set-up: fp32, dropout 0.05, all layers, TRL loss",
+     {"training.precision": "fp32", "training.lora.dropout": "0.05", "training.lora.top_layers": "null"}, True),
+    ("+ bf16 autocast", {"training.precision": "bf16", "training.lora.dropout": "0.05",
+                         "training.lora.top_layers": "null"}, True),
+    ("+ the model's own loss", {"training.precision": "bf16", "training.lora.dropout": "0.05",
+                                "training.lora.top_layers": "null"}, False),
+    ("+ LoRA dropout 0", {"training.precision": "bf16", "training.lora.dropout": "0",
+                          "training.lora.top_layers": "null"}, False),
+    ("+ LoRA in the top 15 layers", {"training.precision": "bf16", "training.lora.dropout": "0",
+                                     "training.lora.top_layers": "15"}, False),
+]
 
+
+def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     import torch
 
     from fitsense.config import load_params
     from fitsense.runs import RunContext
+    from fitsense.training import train
     from fitsense.training.examples import write_dataset_stage
     from fitsense.training.student import resolve_base_model
-    from fitsense.training.train import train_student
 
-    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
-        tmp = Path(tmp)
-        overrides = {
-            "run.artifacts_dir": str(tmp / "artifacts"),
-            "registry.tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
-            "registry.artifact_location": str(tmp / "mlartifacts"),
-            "training.max_steps": str(args.steps),
-            "training.eval_steps": str(args.steps),
-            "training.max_val_examples": str(args.val),
-            "training.early_stopping_patience": "0",
-        }
-        overrides.update(dict(o.split("=", 1) for o in args.overrides))
-        params = load_params(args.params, overrides)
-        cfg = params.training
-        t0 = time.perf_counter()
-        model_dir = resolve_base_model(cfg)
-        resolve_s = time.perf_counter() - t0
-        n_train = args.steps * cfg.batch_size * cfg.grad_accum
-        ctx = RunContext.create(params, "bench")
-        write_dataset_stage(ctx.stage_dir("dataset"), n_train=n_train, n_val=args.val, seed=params.seed)
-        train_student(ctx)
-        m = json.loads((ctx.stage_dir("training") / "metrics.json").read_text())
+    if trl_loss:
+        from trl import SFTTrainer
+
+        original, train._trainer_class = train._trainer_class, lambda device: SFTTrainer
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+            tmp = Path(tmp)
+            overrides = {
+                "run.artifacts_dir": str(tmp / "artifacts"),
+                "registry.tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",
+                "registry.artifact_location": str(tmp / "mlartifacts"),
+                "training.max_steps": str(args.steps),
+                "training.eval_steps": str(args.steps),
+                "training.max_val_examples": str(args.val),
+                "training.early_stopping_patience": "0",
+            }
+            overrides.update(dict(o.split("=", 1) for o in args.overrides))
+            overrides.update(extra)
+            params = load_params(args.params, overrides)
+            cfg = params.training
+            t0 = time.perf_counter()
+            model_dir = resolve_base_model(cfg)
+            resolve_s = time.perf_counter() - t0
+            n_train = args.steps * cfg.batch_size * cfg.grad_accum
+            ctx = RunContext.create(params, "bench")
+            write_dataset_stage(ctx.stage_dir("dataset"), n_train=n_train, n_val=args.val, seed=params.seed)
+            train.train_student(ctx)
+            m = json.loads((ctx.stage_dir("training") / "metrics.json").read_text())
+            student = json.loads((ctx.stage_dir("training") / "student.json").read_text())
+    finally:
+        if trl_loss:
+            train._trainer_class = original
 
     steps = max(m["steps"], 1)
     # tokens_per_s and s_per_step exclude evaluation time; eval is timed separately (base eval).
-    print(json.dumps({
-        "base_model": cfg.base_model, "model_dir": str(model_dir), "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(), "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
-        "max_length": cfg.max_length, "lora_r": cfg.lora.r, "steps": m["steps"],
+    return {
+        "base_model": cfg.base_model, "model_dir": str(model_dir), "device": student["device"],
+        "precision": student["precision"], "torch_threads": torch.get_num_threads(), "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum, "max_length": cfg.max_length, "lora_r": cfg.lora.r,
+        "lora_top_layers": cfg.lora.top_layers, "lora_dropout": cfg.lora.dropout, "steps": m["steps"],
         "resolve_model_s": round(resolve_s, 2),
         "train_tokens": m["train_tokens"], "tokens_per_s": m["tokens_per_s"],
         "s_per_step": m["s_per_step"],
         "tokens_per_step": round(m["train_tokens"] / steps, 1),
         "base_eval_s_per_example": round(m["base_eval_s"] / m["val_examples"], 2) if m.get("base_eval_s") else None,
         "stage_wall_s": m["wall_s"],
-    }, indent=2))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--val", type=int, default=4, help="validation examples (base eval timing)")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value params override")
+    parser.add_argument("--compare", action="store_true", help="the stop-8 CPU set-up, then each speed-up in turn")
+    args = parser.parse_args()
+
+    if not args.compare:
+        print(json.dumps(run_once(args, {}), indent=2))
+        return
+    rows = []
+    for label, extra, trl_loss in COMPARE:
+        result = run_once(args, extra, trl_loss)
+        rows.append((label, result))
+        print(f"{label}: {result['tokens_per_s']} tokens/s, {result['s_per_step']} s/step", flush=True)
+    first = rows[0][1]["tokens_per_s"]
+    print(f"\n{'set-up':58} {'tokens/s':>9} {'s/step':>7} {'ratio':>6}")
+    for label, r in rows:
+        print(f"{label:58} {r['tokens_per_s']:>9} {r['s_per_step']:>7} {r['tokens_per_s'] / first:>5.2f}x")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
         raise EvaluationError(f"training/student.json: base_model_path {base_path} does not exist")
     if adapter is None or not adapter.exists():
         raise EvaluationError(f"training/student.json: adapter_dir {adapter} does not exist")
-    model, tokenizer = load_student(base_path, adapter, device=ctx.params.training.device)
+    model, tokenizer = load_student(base_path, adapter, device=ctx.params.training.device, precision=cfg.precision)
     conversations = [[m.model_dump() for m in ex.messages] for ex in examples]
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=ctx.params.seed)
     # Untimed warm-up so the first timed batch does not pay for one-off kernel and cache set-up.

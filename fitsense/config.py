@@ -141,11 +141,11 @@ class QualityConfig(_Section):
 class LoraConfig(_Section):
     r: int = Field(default=16, ge=1, le=512)
     alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
-    # Adapt only the last N decoder layers (None = all). Backpropagation then stops at the
+    # Adapt only the last N decoder layers (None, or N >= the model's layers: all). Backpropagation then stops at the
     # lowest adapted layer, so each step costs less: ~1.8x faster on CPU with the top 10 of 30.
     top_layers: int | None = Field(default=None, ge=1)
 
@@ -158,13 +158,13 @@ class TrainingConfig(_Section):
     # auto = bf16 mixed precision on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
-    max_steps: int = Field(default=24, ge=-1)  # -1 = run num_epochs
+    max_steps: int = Field(default=90, ge=-1)  # -1 = run num_epochs
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=2, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_length: int = Field(default=1536, ge=32)  # longer examples are dropped, not truncated
     max_train_examples: int | None = Field(default=None, ge=1)
-    eval_steps: int = Field(default=8, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)
+    eval_steps: int = Field(default=30, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)
     save_total_limit: int = Field(default=2, ge=1)  # checkpoints kept for resuming a killed run
     max_val_examples: int | None = Field(default=8, ge=1)
     early_stopping_patience: int = Field(default=3, ge=0)  # 0 = off
@@ -175,8 +175,9 @@ class TrainingConfig(_Section):
 
 class EvaluationConfig(_Section):
     max_examples: int | None = Field(default=12, ge=1)  # of the test split; None = all
-    max_new_tokens: int = Field(default=1024, ge=8)  # teacher answers: median ~500, max ~1,100 tokens
+    max_new_tokens: int = Field(default=768, ge=8)  # teacher answers: median ~340, max ~740 tokens
     batch_size: int = Field(default=12, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as training.precision; bf16 generates ~1.7x faster
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
 

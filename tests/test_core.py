@@ -81,6 +81,33 @@ def test_canonical_json_round_trips():
     assert '": ' not in answer.to_json() and '", "' not in answer.to_json()  # compact: fewer tokens
 
 
+def test_exercises_are_prescription_strings_in_json_and_typed_in_python():
+    answer = CoachAnswer.model_validate(_answer())
+    day = json.loads(answer.to_json())["days"][0]
+    assert day["exercises"] == ["Goblet Squat 3x8 RIR2 120s", "Push-Up 3x10 RIR2 60s"]
+    parsed = parse_coach_answer(answer.to_json())
+    squat = parsed.days[0].exercises[0]
+    assert (squat.name, squat.sets, squat.reps, squat.rir, squat.rest_s) == ("Goblet Squat", 3, 8, 2, 120)
+    # names with digits or hyphens survive: only the trailing dose is parsed
+    odd = CoachAnswer.model_validate(_answer(days=[{"day": 1, "name": "A", "exercises": ["90/90 Hip-Switch 2x8 RIR3 0s"]}]))
+    assert odd.days[0].exercises[0].name == "90/90 Hip-Switch" and odd.days[0].exercises[0].rest_s == 0
+
+
+@pytest.mark.parametrize("exercise", ["Push-Up 3x10 60s", "Push-Up", "3x10 RIR2 60s", "Push-Up 3x10 RIR 2 60s"])
+def test_malformed_prescription_is_named_by_path(exercise):
+    bad = _answer()
+    bad["days"][1]["exercises"][0] = exercise
+    with pytest.raises(AnswerParseError, match=r"days\.1\.exercises\.0: .*<name> <sets>x<reps> RIR<rir> <rest>s"):
+        parse_coach_answer(json.dumps(bad))
+
+
+def test_out_of_range_prescription_is_rejected():
+    bad = _answer()
+    bad["days"][0]["exercises"][0] = "Goblet Squat 3x8 RIR9 120s"
+    with pytest.raises(AnswerParseError, match=r"days\.0\.exercises\.0\.rir"):
+        parse_coach_answer(json.dumps(bad))
+
+
 # --------------------------------------------------------------------------- constraint checker
 
 

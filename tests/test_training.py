@@ -97,6 +97,35 @@ def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
 # --------------------------------------------------------------------------- loss masking
 
 
+def test_top_layers_limits_lora_to_the_last_decoder_layers(tmp_path, tiny_model_dir):
+    from peft import get_peft_model
+
+    from fitsense.training.train import load_base_for_training, lora_config
+
+    params = _params(tmp_path, tiny_model_dir, training__lora__top_layers=1)
+    model = load_base_for_training(tiny_model_dir, "cpu", "none")
+    n_layers = model.config.num_hidden_layers
+    assert n_layers > 1
+    peft_model = get_peft_model(model, lora_config(params.training, n_layers))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, p in peft_model.named_parameters()
+               if p.requires_grad and "lora_" in name}
+    assert adapted == {str(n_layers - 1)}
+    # more than the model has: every layer (params.yaml's 15 also fits a smaller model)
+    every = lora_config(_params(tmp_path, tiny_model_dir, training__lora__top_layers=n_layers + 1).training, n_layers)
+    assert every.layers_to_transform is None
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    from fitsense.training import student
+
+    assert student.resolve_precision("fp32", "cuda") == "fp32"
+    assert student.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(student, "cpu_has_native_bf16", lambda: False)
+    assert student.resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(student, "cpu_has_native_bf16", lambda: True)
+    assert student.resolve_precision("auto", "cpu") == "bf16"
+
+
 def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
     """The collated batch labels every prompt token -100 and keeps the answer (and its end-of-turn) as targets."""
     from fitsense.training.student import load_tokenizer

@@ -150,16 +150,18 @@ def load_tokenizer(model_dir: str | Path, padding_side: str = "right"):
     return tokenizer
 
 
-def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "auto"):
+def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "auto",
+                 precision: str = "auto"):
     """Load a student for inference: ``(model, tokenizer)``, eval mode, left padding for batched generation.
 
     ``adapter_dir`` is a PEFT LoRA adapter saved by training; its tokenizer is used when it saved one.
+    ``precision`` as in ``resolve_precision``: bf16 weights generate ~1.7x faster on a bf16-capable CPU.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
     tok_dir = adapter_dir if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").exists() else model_dir
     tokenizer = load_tokenizer(tok_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
@@ -170,7 +172,7 @@ def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, d
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.to(device)
+    model.to(device, dtype=dtype)  # the adapter too (PEFT loads it in fp32)
     model.eval()
     return model, tokenizer
 
@@ -180,7 +182,7 @@ def merge_adapter(model_dir: str | Path, adapter_dir: str | Path, out_dir: str |
 
     The base is reloaded unquantised, so this also works for adapters trained with QLoRA.
     """
-    model, tokenizer = load_student(model_dir, adapter_dir, device="cpu")
+    model, tokenizer = load_student(model_dir, adapter_dir, device="cpu", precision="fp32")
     merged = model.merge_and_unload()
     tokenizer.padding_side = "right"
     with atomic_dir(out_dir) as tmp:
