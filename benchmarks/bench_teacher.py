@@ -19,6 +19,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,7 +58,8 @@ def with_queries(root: Path, run_id: str, queries: list[CoachingQuery], **kw) ->
 def served(queries_path: Path, latency_ms: float = 0) -> Iterator[str]:
     """``fitsense teacher serve`` in its own process (as in production: client and server do not share a GIL)."""
     port = free_port()
-    cmd = ["fitsense", "teacher", "serve", "--queries", str(queries_path), "--port", str(port),
+    # the venv's own entry point, so the benchmark also runs without the venv activated
+    cmd = [str(Path(sys.executable).with_name("fitsense")), "teacher", "serve", "--queries", str(queries_path), "--port", str(port),
            "--latency-ms", str(latency_ms), "--params", str(queries_path.parent / "none.yaml")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"

@@ -228,7 +228,7 @@ def _trainer_class(device: str):
     TRL computes the loss with a fused, tiled LM head: a Triton kernel on a GPU, but on the CPU a
     loop of fp32 matmuls that took a third of each step. The model's own cross-entropy (with the
     collator's -100 prompt labels, so the same completion-only loss) runs the LM head under bf16
-    autocast: 1.3x faster steps on 2 cores (``benchmarks/bench_training.py``). TRL's entropy and
+    autocast: 1.2-1.3x faster steps on 2 cores (``benchmarks/bench_training.py``). TRL's entropy and
     token-accuracy logs are not computed on that path.
     """
     from transformers import Trainer
