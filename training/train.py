@@ -222,6 +222,19 @@ class MlflowStepLogger(TrainerCallback):
             mlflow.log_metrics(metrics, step=state.global_step)
 
 
+def _quiet_progress():
+    """The trainer's progress bar without its printed dict per logged step (that goes to MLflow and
+    loss.csv); validation losses are logged as one line each."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "eval_loss" in logs:
+                log.info("step %d/%d: val loss %.4f", state.global_step, state.max_steps, logs["eval_loss"])
+
+    return ProgressCallback, QuietProgress()
+
+
 def _trainer_class(device: str):
     """TRL's ``SFTTrainer``; on the CPU, one that takes the loss from the model's own forward.
 
@@ -254,7 +267,7 @@ def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_
     def as_dataset(rows):
         return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    return _trainer_class(device)(
+    trainer = _trainer_class(device)(
         model=model,
         args=sft_config(params, output_dir, device, has_val=bool(val_rows)),
         train_dataset=as_dataset(train_rows),
@@ -263,6 +276,10 @@ def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_
         peft_config=lora_config(params.training, model.config.num_hidden_layers),
         callbacks=[MlflowStepLogger()],
     )
+    noisy, quiet = _quiet_progress()
+    if trainer.pop_callback(noisy) is not None:  # absent when tqdm is disabled
+        trainer.add_callback(quiet)
+    return trainer
 
 
 # --------------------------------------------------------------------------- resume bookkeeping
