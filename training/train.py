@@ -230,7 +230,8 @@ def _quiet_progress():
     class QuietProgress(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "eval_loss" in logs:
-                log.info("step %d/%d: val loss %.4f", state.global_step, state.max_steps, logs["eval_loss"])
+                when = f"step {state.global_step}/{state.max_steps}" if state.global_step else "before training"
+                log.info("%s: val loss %.4f", when, logs["eval_loss"])
 
     return ProgressCallback, QuietProgress()
 
