@@ -146,7 +146,7 @@ class LoraConfig(_Section):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     # Adapt only the last N decoder layers (None, or N >= the model's layers: all). Backpropagation then stops at the
-    # lowest adapted layer, so each step costs less: ~1.8x faster on CPU with the top 10 of 30.
+    # lowest adapted layer, so each step costs less: 1.4x on CPU with the top 15 of 30 (bench_training.py --compare).
     top_layers: int | None = Field(default=None, ge=1)
 
 

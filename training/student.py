@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast is fast."""
     try:

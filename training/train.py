@@ -405,6 +405,7 @@ def train_student(ctx: RunContext) -> dict:
     started = time.perf_counter()
     params, cfg = ctx.params, ctx.params.training
     device, quantization = plan_hardware(cfg)
+    precision = resolve_precision(cfg.precision, device)
     _check_quality_gate(ctx)
     info = json.loads(ctx.require("dataset", "dataset_info.json").read_text())
     dataset_dir = ctx.run_dir / "dataset"
@@ -445,7 +446,7 @@ def train_student(ctx: RunContext) -> dict:
             })
             _log_run_inputs(params, info, train_rows, val_rows, dataset_dir, {
                 "base_model_path": str(base_path), "device": device, "quantization": quantization,
-                "precision": resolve_precision(cfg.precision, device),
+                "precision": precision,
                 "train_examples": len(train_rows), "val_examples": len(val_rows),
             })
 
@@ -521,7 +522,7 @@ def train_student(ctx: RunContext) -> dict:
             "dataset_digest": info["digest"],
             "device": device,
             "quantization": quantization,
-            "precision": resolve_precision(cfg.precision, device),
+            "precision": precision,
         }
         write_json(stage_dir / "metrics.json", metrics)
         _write_loss_csv(stage_dir / "loss.csv", loss_rows)
