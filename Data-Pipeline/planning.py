@@ -13,7 +13,7 @@ import hashlib
 from functools import lru_cache
 
 from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT_TIERS, usable_exercises
-from fitsense.constraints import WORK_SECONDS_PER_SET
+from fitsense.constraints import session_seconds
 
 EXPERIENCE_RIR_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
 GOALS = ("fat_loss", "muscle_gain", "strength", "endurance", "general_health")
@@ -73,7 +73,7 @@ _GOAL_TITLE = {g: g.replace("_", " ").title() for g in GOALS}
 
 
 def _session_seconds(exercises: list[list]) -> int:
-    return sum(sets * (WORK_SECONDS_PER_SET + rest) for _, sets, _, _, rest in exercises)
+    return session_seconds((sets, rest) for _, sets, _, _, rest in exercises)
 
 
 def _pick(candidates: list[str], salt: str) -> str:

@@ -21,6 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fitsense.data import planning
+from fitsense.data.planning import (
+    ACTIVITY_LEVELS,
+    EXPERIENCE_LEVELS,
+    GOALS,
+    SESSION_MINUTES,
+)
 from tqdm import tqdm
 
 from fitsense.catalogue import (
@@ -31,9 +38,7 @@ from fitsense.catalogue import (
     INJURY_SITES,
     exercises_to_avoid,
 )
-from fitsense.constraints import WORK_SECONDS_PER_SET
-from fitsense.data import planning
-from fitsense.data.planning import ACTIVITY_LEVELS, EXPERIENCE_LEVELS, GOALS, SESSION_MINUTES
+from fitsense.constraints import session_seconds
 from fitsense.runs import RunContext, atomic_path, write_manifest
 
 log = logging.getLogger(__name__)
@@ -324,7 +329,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
             td_num.append(day_no)
             td_name.append(day_name)
             te_len.append(len(exercises))
-            td_minutes.append(sum(s * (WORK_SECONDS_PER_SET + r) for _, s, _, _, r in exercises) / 60)
+            td_minutes.append(session_seconds((s, r) for _, s, _, _, r in exercises) / 60)
             for ex_name, sets, reps, rir, rest in exercises:
                 te_ex.append(ex_id[ex_name]); te_sets.append(sets); te_reps.append(reps)
                 te_rir.append(rir); te_rest.append(rest)

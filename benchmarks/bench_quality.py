@@ -18,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from fitsense.app.pipeline import run_stage
+
 from fitsense.config import load_params
-from fitsense.pipeline import run_stage
 from fitsense.runs import RunContext
 
 STAGES = ("synthetic", "queries", "teacher", "dataset", "quality")

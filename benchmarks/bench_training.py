@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the training factories
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,12 +49,14 @@ COMPARE = [
 
 def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     import torch
+    from fitsense.training import train
+    from fitsense.training.student import resolve_base_model
+    from training_factories import (
+        write_dataset_stage,  # tests/: a synthetic dataset of the real shape
+    )
 
     from fitsense.config import load_params
     from fitsense.runs import RunContext
-    from fitsense.training import train
-    from fitsense.training.examples import write_dataset_stage
-    from fitsense.training.student import resolve_base_model
 
     if trl_loss:
         from trl import SFTTrainer

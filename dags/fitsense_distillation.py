@@ -1,5 +1,8 @@
 """FitSense distillation DAG: wiring only; every task calls a stage function.
 
+One task per stage of ``STAGES`` (app/pipeline.py), in its order; teacher
+capture is sharded into mapped, pooled tasks and merged:
+
 synthetic -> queries -> teacher shards (mapped, pooled) -> merge -> dataset
 -> quality gate -> training (own queue) -> evaluation -> registry
 
@@ -13,6 +16,7 @@ import os
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+from fitsense.app.pipeline import STAGE_NAMES
 
 TEACHER_POOL = os.environ.get("FITSENSE_TEACHER_POOL", "fitsense_teacher")
 TRAINING_QUEUE = os.environ.get("FITSENSE_TRAINING_QUEUE", "default")  # e.g. "gpu" under Celery/Kubernetes
@@ -20,17 +24,63 @@ TRAINING_QUEUE = os.environ.get("FITSENSE_TRAINING_QUEUE", "default")  # e.g. "g
 DATASET_ASSET = Asset(name="fitsense_distillation_dataset", uri="file:///fitsense/artifacts/dataset")
 STUDENT_ASSET = Asset(name="fitsense_student_adapter", uri="file:///fitsense/artifacts/training/adapter")
 
+# Per-stage task settings; every other stage is a plain task.
+TASK_OPTIONS: dict[str, dict] = {
+    "dataset": {"outlets": [DATASET_ASSET]},
+    "quality": {"task_id": "quality_gate"},
+    "training": {"queue": TRAINING_QUEUE, "outlets": [STUDENT_ASSET]},
+}
+
 
 def _dag_run() -> tuple[dict, str]:
     ctx = get_current_context()
     return dict(ctx["params"]), ctx["run_id"]
 
 
-def _stage(name: str) -> dict:
-    from fitsense.orchestration import run_stage_task
+def _stage_task(name: str):
+    options = {"task_id": name, **TASK_OPTIONS.get(name, {})}
 
-    params, run_id = _dag_run()
-    return run_stage_task(name, params, run_id)
+    @task(**options)
+    def run_stage() -> dict:
+        from fitsense.app.orchestration import run_stage_task
+
+        params, run_id = _dag_run()
+        return run_stage_task(name, params, run_id)
+
+    return run_stage()
+
+
+def _teacher_tasks(upstream):
+    """Teacher capture as mapped shards (one per ``teacher_shards``), then one merge."""
+
+    @task
+    def teacher_shards() -> list[int]:
+        params, _ = _dag_run()
+        return list(range(int(params["teacher_shards"])))
+
+    @task(
+        pool=TEACHER_POOL,
+        retries=3,
+        retry_delay=pendulum.duration(seconds=10),
+        retry_exponential_backoff=2.0,
+        max_retry_delay=pendulum.duration(minutes=10),
+    )
+    def capture_teacher_shard(shard_index: int) -> dict:
+        from fitsense.app.orchestration import capture_shard_task
+
+        params, run_id = _dag_run()
+        return capture_shard_task(shard_index, int(params["teacher_shards"]), params, run_id)
+
+    @task
+    def merge_teacher_shards(shard_results: list[dict]) -> dict:
+        from fitsense.app.orchestration import merge_shards_task
+
+        params, run_id = _dag_run()
+        return merge_shards_task(int(params["teacher_shards"]), params, run_id)
+
+    shards = teacher_shards()
+    upstream >> shards
+    return merge_teacher_shards(capture_teacher_shard.expand(shard_index=shards))
 
 
 @dag(
@@ -57,63 +107,12 @@ def _stage(name: str) -> dict:
     },
 )
 def fitsense_distillation():
-    @task
-    def synthetic() -> dict:
-        return _stage("synthetic")
-
-    @task
-    def queries() -> dict:
-        return _stage("queries")
-
-    @task
-    def teacher_shards() -> list[int]:
-        params, _ = _dag_run()
-        return list(range(int(params["teacher_shards"])))
-
-    @task(
-        pool=TEACHER_POOL,
-        retries=3,
-        retry_delay=pendulum.duration(seconds=10),
-        retry_exponential_backoff=2.0,
-        max_retry_delay=pendulum.duration(minutes=10),
-    )
-    def capture_teacher_shard(shard_index: int) -> dict:
-        from fitsense.orchestration import capture_shard_task
-
-        params, run_id = _dag_run()
-        return capture_shard_task(shard_index, int(params["teacher_shards"]), params, run_id)
-
-    @task
-    def merge_teacher_shards(shard_results: list[dict]) -> dict:
-        from fitsense.orchestration import merge_shards_task
-
-        params, run_id = _dag_run()
-        return merge_shards_task(int(params["teacher_shards"]), params, run_id)
-
-    @task(outlets=[DATASET_ASSET])
-    def dataset() -> dict:
-        return _stage("dataset")
-
-    @task
-    def quality_gate() -> dict:
-        return _stage("quality")
-
-    @task(queue=TRAINING_QUEUE, outlets=[STUDENT_ASSET])
-    def training() -> dict:
-        return _stage("training")
-
-    @task
-    def evaluation() -> dict:
-        return _stage("evaluation")
-
-    @task
-    def registry() -> dict:
-        return _stage("registry")
-
-    shards = teacher_shards()
-    synthetic() >> queries() >> shards
-    merged = merge_teacher_shards(capture_teacher_shard.expand(shard_index=shards))
-    merged >> dataset() >> quality_gate() >> training() >> evaluation() >> registry()
+    previous = None
+    for name in STAGE_NAMES:
+        current = _teacher_tasks(previous) if name == "teacher" else _stage_task(name)
+        if previous is not None and name != "teacher":
+            previous >> current
+        previous = current
 
 
 fitsense_distillation()

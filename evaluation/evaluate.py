@@ -10,7 +10,6 @@ comparison report, and one MLflow run each with identical metric names.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -18,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
-
 from fitsense.evaluation.generate import Generation, generate_answers
 from fitsense.evaluation.metrics import (
     MIN_SLICE_EXAMPLES,
@@ -30,10 +28,24 @@ from fitsense.evaluation.metrics import (
     slice_disparity,
     summarise,
 )
-from fitsense.evaluation.report import write_charts, write_comparison, write_per_slice_csv
+from fitsense.evaluation.report import (
+    write_charts,
+    write_comparison,
+    write_per_slice_csv,
+)
+
+from fitsense.errors import StageError
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import DistillRecord, TeacherRecord
-from fitsense.runs import RunContext, read_jsonl, write_json, write_jsonl, write_manifest
+from fitsense.runs import (
+    RunContext,
+    locate_artifact,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,7 @@ SUMMARY_METRICS = ("validity", "adherence", "referral_recall", "referral_precisi
                    "teacher_exercise_overlap", "latency_p50_s", "tokens_per_s", "usd_per_1k_answers")
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(StageError):
     """The evaluation inputs are unusable (empty test split, missing adapter, ...)."""
 
 
@@ -75,17 +87,6 @@ def _parse_or_none(text: str | None) -> CoachAnswer | None:
         return None
 
 
-def _resolve(path: str | None, stage_dir: Path) -> Path | None:
-    """A path from student.json: as written, or relative to the training stage folder."""
-    if not path:
-        return None
-    p = Path(path)
-    if p.exists():
-        return p
-    alt = stage_dir / p.name
-    return alt if alt.exists() else p
-
-
 def teacher_cost(rec: TeacherRecord, price_in: float, price_out: float) -> float:
     """The captured cost, or the configured prices times the captured token counts."""
     if rec.cost_usd > 0:
@@ -105,8 +106,8 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
 
     cfg = ctx.params.evaluation
     training_dir = ctx.stage_dir("training", create=False)
-    base_path = _resolve(student.get("base_model_path"), training_dir)
-    adapter = _resolve(student.get("adapter_dir"), training_dir)
+    base_path = locate_artifact(student.get("base_model_path"), training_dir)
+    adapter = locate_artifact(student.get("adapter_dir"), training_dir)
     if base_path is None or not base_path.exists():
         raise EvaluationError(f"training/student.json: base_model_path {base_path} does not exist")
     if adapter is None or not adapter.exists():
@@ -148,7 +149,7 @@ def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[G
         costs = [g.latency_s * ecfg.student_usd_per_hour / 3600 for g in gens]
         tables[role] = answer_frame(_rows_for(role, examples, texts[role], references, timings, costs))
     recs = [teacher_records.get(ex.query_id) for ex in examples]
-    timings = [(r.latency_s, r.completion_tokens) if r else (0.0, 0) for r in recs]
+    timings = [(r.latency_s, r.completion_tokens) if r else (None, 0) for r in recs]
     costs = [teacher_cost(r, tcfg.price_per_1k_input, tcfg.price_per_1k_output) if r else 0.0 for r in recs]
     texts["teacher"] = teacher_texts
     tables["teacher"] = answer_frame(_rows_for("teacher", examples, teacher_texts, references, timings, costs))
@@ -195,7 +196,7 @@ def log_to_mlflow(ctx: RunContext, metrics: dict, student: dict, dataset_run_id:
     """One MLflow run per evaluated model, same metric names, tagged for side-by-side comparison."""
     import mlflow
 
-    from fitsense.registry.tracking import setup_mlflow
+    from fitsense.tracking import setup_mlflow
 
     setup_mlflow(ctx.params)
     run_ids = {}
@@ -230,10 +231,10 @@ def evaluate_models(ctx: RunContext) -> dict:
     test = read_jsonl(test_path, DistillRecord)
     if not test:
         raise EvaluationError(f"{test_path}: the test split is empty; nothing to evaluate")
-    student = json.loads(ctx.require("training", "student.json").read_text())
+    student = read_json(ctx.require("training", "student.json"))
     teacher_records = {r.query_id: r for r in read_jsonl(ctx.require("teacher", "records.jsonl"), TeacherRecord)}
     info_path = ctx.run_dir / "dataset" / "dataset_info.json"
-    dataset_info = json.loads(info_path.read_text()) if info_path.exists() else (ctx.manifest("dataset") or {})
+    dataset_info = read_json(info_path) if info_path.exists() else (ctx.manifest("dataset") or {})
     dataset_run_id = dataset_info.get("dataset_run_id")
 
     examples = select_examples(test, cfg.max_examples, ctx.params.seed)

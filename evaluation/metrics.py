@@ -96,7 +96,7 @@ def score_row(
     kind: str = "",
     slices: dict[str, str] | None = None,
     query_id: str = "",
-    latency_s: float = 0.0,
+    latency_s: float | None = 0.0,
     completion_tokens: int = 0,
     cost_usd: float = 0.0,
 ) -> dict:
@@ -113,7 +113,7 @@ def score_row(
         "referral_given": s.referral_given,
         "teacher_exercise_overlap": exercise_overlap(s.answer, reference),
         "teacher_structure_match": structure_match(s.answer, reference),
-        "latency_s": float(latency_s),
+        "latency_s": float("nan") if latency_s is None else float(latency_s),
         "completion_tokens": int(completion_tokens),
         "cost_usd": float(cost_usd),
     }
@@ -151,6 +151,7 @@ def summarise(frame: pd.DataFrame) -> dict:
         return {"n": 0}
     precision, recall = referral_precision_recall(frame["referral_required"], frame["referral_given"])
     latency = frame["latency_s"].to_numpy(dtype=float)
+    latency = latency[~np.isnan(latency)]  # None: not applicable (the offline teacher)
     tokens = int(frame["completion_tokens"].sum())
     total_s = float(latency.sum())
     codes = pd.Series([c for cs in frame["violations"] for c in cs], dtype=object)
@@ -165,8 +166,8 @@ def summarise(frame: pd.DataFrame) -> dict:
         "referral_given_n": int(frame["referral_given"].sum()),
         "teacher_exercise_overlap": float(frame["teacher_exercise_overlap"].mean()),
         "teacher_structure_match": float(frame["teacher_structure_match"].mean()),
-        "latency_p50_s": float(np.percentile(latency, 50)),
-        "latency_p95_s": float(np.percentile(latency, 95)),
+        "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
+        "latency_p95_s": float(np.percentile(latency, 95)) if len(latency) else None,
         "tokens_per_s": tokens / total_s if total_s > 0 else None,
         "completion_tokens_mean": tokens / n,
         "usd_per_1k_answers": float(frame["cost_usd"].mean()) * 1000,

@@ -13,15 +13,22 @@ import json
 from datetime import date
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from fitsense.errors import ConfigError
 from fitsense.records import QUERY_KINDS, SLICE_TAGS
 
-
-class ConfigError(ValueError):
-    """A params file or override that does not fit the schema; the message names the key."""
+__all__ = ["ConfigError", "Params", "load_params"]
 
 
 class _Section(BaseModel):
@@ -97,6 +104,15 @@ class TeacherConfig(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            url = urlsplit(value)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError("must be an http(s) URL such as http://127.0.0.1:8765/v1")
+        return value
+
 
 class SplitConfig(_Section):
     train: float = Field(default=0.8, gt=0, lt=1)
@@ -147,7 +163,7 @@ class LoraConfig(_Section):
     )
     # Adapt only the last N decoder layers (None, or N >= the model's layers: all). Backpropagation then stops at the
     # lowest adapted layer, so each step costs less: 1.4x on CPU with the top 15 of 30 (bench_training.py --compare).
-    top_layers: int | None = Field(default=None, ge=1)
+    top_layers: int | None = Field(default=15, ge=1)
 
 
 class TrainingConfig(_Section):
@@ -209,11 +225,17 @@ class Params(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
-    def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (all when none), for fingerprints and lineage."""
+    def section_hash(self, *keys: str) -> str:
+        """Stable hash of the named sections or dotted keys (all when none), for fingerprints and lineage."""
         data = self.model_dump(mode="json")
-        if sections:
-            data = {s: data[s] for s in sections}
+        if keys:
+            picked = {}
+            for key in keys:
+                node = data
+                for part in key.split("."):
+                    node = node[part]
+                picked[key] = node
+            data = picked
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -265,15 +287,19 @@ def _split_override(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict | None = None) -> Params:
-    """Read, override and validate a params file. A missing file means all defaults."""
-    path = Path(path)
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | dict | None = None) -> Params:
+    """Read, override and validate a params file; ``path=None`` means the built-in defaults."""
     data: dict = {}
-    if path.exists():
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: params file not found")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = loaded or {}
@@ -281,4 +307,4 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | dict | 
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(str(path), exc)) from None
+        raise ConfigError(_format_error(source, exc)) from None

@@ -8,6 +8,8 @@ violation is a short machine-readable code followed by a human detail, e.g.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from fitsense.catalogue import BY_NAME
 from fitsense.plan import CoachAnswer
 from fitsense.records import QueryConstraints
@@ -30,9 +32,13 @@ VIOLATION_CODES = (
 )
 
 
+def session_seconds(sets_and_rests: Iterable[tuple[int, int]]) -> int:
+    """Estimated length of a session from each exercise's (sets, rest seconds): the one formula for it."""
+    return sum(sets * (WORK_SECONDS_PER_SET + rest_s) for sets, rest_s in sets_and_rests)
+
+
 def estimated_session_minutes(day) -> float:
-    seconds = sum(ex.sets * (WORK_SECONDS_PER_SET + ex.rest_s) for ex in day.exercises)
-    return seconds / 60.0
+    return session_seconds((ex.sets, ex.rest_s) for ex in day.exercises) / 60.0
 
 
 def check_answer(answer: CoachAnswer, constraints: QueryConstraints) -> list[str]:

@@ -39,9 +39,11 @@ class RedactSecrets(logging.Filter):
 
 
 def configure_logging(level: str = "INFO", extra_env_names: tuple[str, ...] = ()) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, rich_tracebacks=False, markup=False)
+    # Logs go to stderr: stdout is for a command's result (JSON that scripts parse).
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False, markup=False)
     handler.addFilter(RedactSecrets(extra_env_names))
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     for noisy in ("httpx", "httpx2", "urllib3", "filelock", "alembic", "mlflow.store", "git"):

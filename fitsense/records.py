@@ -122,7 +122,7 @@ class TeacherRecord(_Record):
     referral_required: bool = False
     attempts: int = 0  # HTTP attempts including retries
     repairs: int = 0  # repair prompts sent after invalid answers
-    latency_s: float = 0.0
+    latency_s: float | None = None  # None: not applicable (the offline teacher answers in-process)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0

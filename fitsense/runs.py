@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from fitsense.config import Params
+from fitsense.errors import InputDataError, MissingUpstreamError
 
 MANIFEST = "manifest.json"
 
@@ -53,17 +54,29 @@ class RunContext:
     def manifest(self, stage: str) -> dict | None:
         """The stage's manifest, or None when the stage has not completed in this run."""
         path = self.run_dir / stage / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path) if path.exists() else None
 
     def require(self, stage: str, filename: str) -> Path:
         """Path of an upstream artifact; a clear error when the upstream stage has not run."""
         path = self.run_dir / stage / filename
         if not path.exists():
-            raise FileNotFoundError(
+            raise MissingUpstreamError(
                 f"{path} is missing: run the '{stage}' stage for run '{self.run_id}' first "
                 f"(fitsense stage {stage} --run-id {self.run_id})"
             )
         return path
+
+
+def locate_artifact(path: str | None, stage_dir: Path) -> Path | None:
+    """A path recorded in an artifact (``student.json``'s adapter): as written, or the file of
+    that name in ``stage_dir`` when the run folder has been moved or copied since."""
+    if not path:
+        return None
+    recorded = Path(path)
+    if recorded.exists():
+        return recorded
+    moved = stage_dir / recorded.name
+    return moved if moved.exists() else recorded
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -136,8 +149,20 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
     return n
 
 
+def describe_invalid(exc: Exception) -> str:
+    """One line saying what is wrong with a record: the first failing field, or the JSON error."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return f"{where}: {err['msg']}{more}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    return " ".join(str(exc).split())
+
+
 def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
-    """Read JSON lines; a bad line raises ValueError naming the file and line number."""
+    """Read JSON lines; a bad line raises ``InputDataError`` naming the file and line number."""
     out = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -146,9 +171,17 @@ def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
             try:
                 obj = json.loads(line)
                 out.append(model.model_validate(obj) if model else obj)
-            except Exception as exc:  # json or pydantic: report where
-                raise ValueError(f"{path}:{lineno}: invalid record: {exc}") from None
+            except (ValueError, ValidationError) as exc:  # json or pydantic: report where
+                raise InputDataError(f"{path}:{lineno}: invalid record: {describe_invalid(exc)}") from None
     return out
+
+
+def read_json(path: str | Path) -> Any:
+    """Read one JSON document; a corrupt file raises ``InputDataError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputDataError(f"{path}: {describe_invalid(exc)}") from None
 
 
 # --------------------------------------------------------------------------- manifests

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from fitsense.config import Params
 from fitsense.registry.register import _client, resolve_version, version_metrics
+
+from fitsense.config import Params
+from fitsense.runs import read_json
 
 QUALITY_REPORTS = ("gate.json", "report.md", "validation.json", "data_docs", "stats.json", "anomalies.json",
                    "drift.json", "bias.json")
@@ -35,7 +36,7 @@ def lineage(params: Params, version: str | int) -> dict:
     run_dir = Path(tags["run_dir"]) if tags.get("run_dir") else Path(params.run.artifacts_dir) / str(pipeline_run_id)
 
     manifest_path = run_dir / "dataset" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    manifest = read_json(manifest_path) if manifest_path.exists() else None
     quality_dir = run_dir / "quality"
     reports = {r: str(quality_dir / r) for r in QUALITY_REPORTS if (quality_dir / r).exists()}
     docs_index = quality_dir / "data_docs" / "index.html"
@@ -60,7 +61,7 @@ def lineage(params: Params, version: str | int) -> dict:
         "dataset_manifest_matches": bool(manifest) and manifest.get("dataset_run_id") == tags.get("dataset_run_id"),
         "missing": [] if manifest is not None else [f"{manifest_path} (artifacts of run {pipeline_run_id} are gone)"],
         "quality_reports": reports,
-        "quality_gate": json.loads(gate_path.read_text()) if gate_path.exists() else None,
+        "quality_gate": read_json(gate_path) if gate_path.exists() else None,
         "evaluation_report": str(eval_dir / "comparison.md") if (eval_dir / "comparison.md").exists() else None,
         "metrics": version_metrics(mv),
         "training_run": _run_summary(client, tags.get("training_run_id")),

@@ -11,14 +11,23 @@ can move ``champion`` back step by step.
 
 from __future__ import annotations
 
-import json
 import logging
-from importlib.metadata import PackageNotFoundError, version as pkg_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from fitsense.config import Params
-from fitsense.registry.tracking import setup_mlflow
-from fitsense.runs import RunContext, code_version, tree_sha256, write_json, write_manifest
+from fitsense.errors import LineageError, StageError
+from fitsense.runs import (
+    RunContext,
+    code_version,
+    locate_artifact,
+    read_json,
+    tree_sha256,
+    write_json,
+    write_manifest,
+)
+from fitsense.tracking import setup_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,12 @@ HISTORY_TAG, PREVIOUS_TAG = "champion_history", "previous_champion"
 RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "peft", "accelerate", "safetensors", "pandas")
 
 
-class RegistryError(RuntimeError):
-    """A registry operation that cannot be done (unknown version or alias, nothing to roll back to)."""
+class RegistryError(StageError):
+    """A registration that cannot be done (the training outputs it needs are missing)."""
+
+
+class UnknownVersionError(LineageError, RegistryError):
+    """An unknown model version or alias, or no previous champion to roll back to."""
 
 
 def _client(params: Params):
@@ -65,7 +78,7 @@ def resolve_version(client, name: str, ref: str | int):
         return client.get_model_version_by_alias(name, ref)
     except MlflowException as exc:
         kind = "version" if ref.isdigit() else "alias"
-        raise RegistryError(f"registered model {name!r} has no {kind} {ref!r} ({exc.message})") from None
+        raise UnknownVersionError(f"registered model {name!r} has no {kind} {ref!r} ({exc.message})") from None
 
 
 def current_champion(client, name: str):
@@ -157,7 +170,7 @@ def rollback(params: Params) -> dict:
     name = params.registry.model_name
     history = _history(client, name)
     if not history:
-        raise RegistryError(f"registered model {name!r} has no previous champion to roll back to")
+        raise UnknownVersionError(f"registered model {name!r} has no previous champion to roll back to")
     current = current_champion(client, name)
     target = history.pop()
     _set_champion(client, name, target, history)
@@ -166,13 +179,6 @@ def rollback(params: Params) -> dict:
     log.info("champion rolled back from %s to %s", str(current.version) if current else None, target)
     return {"model_name": name, "champion": target, "rolled_back_from": str(current.version) if current else None,
             "previous_champion": history[-1] if history else None}
-
-
-def _resolve(path: str | None, stage_dir: Path) -> Path | None:
-    if not path:
-        return None
-    p = Path(path)
-    return p if p.exists() else stage_dir / p.name
 
 
 def _training_run(client, run_id: str | None) -> str | None:
@@ -194,13 +200,13 @@ def register_student(ctx: RunContext) -> dict:
 
     params = ctx.params
     name = params.registry.model_name
-    student = json.loads(ctx.require("training", "student.json").read_text())
-    evaluation = json.loads(ctx.require("evaluation", "metrics.json").read_text())
-    dataset_info = json.loads(ctx.require("dataset", "dataset_info.json").read_text())
+    student = read_json(ctx.require("training", "student.json"))
+    evaluation = read_json(ctx.require("evaluation", "metrics.json"))
+    dataset_info = read_json(ctx.require("dataset", "dataset_info.json"))
     eval_runs_path = ctx.run_dir / "evaluation" / "mlflow_runs.json"
-    eval_runs = json.loads(eval_runs_path.read_text()) if eval_runs_path.exists() else {}
+    eval_runs = read_json(eval_runs_path) if eval_runs_path.exists() else {}
     metrics = evaluation["models"]["student"]
-    adapter = _resolve(student.get("adapter_dir"), ctx.stage_dir("training", create=False))
+    adapter = locate_artifact(student.get("adapter_dir"), ctx.stage_dir("training", create=False))
     if adapter is None or not adapter.exists():
         raise RegistryError(f"training/student.json: adapter_dir {student.get('adapter_dir')} does not exist")
 

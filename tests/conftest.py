@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with the real SmolLM2 tokenizer (seconds to build, MBs on disk)."""
-    from fitsense.training.tiny_model import build_tiny_model
+    from tiny_model import build_tiny_model
 
     cache = Path(os.environ.get("FITSENSE_TEST_CACHE", REPO / ".cache" / "test"))
     return build_tiny_model(cache / "tiny-llama")

@@ -25,7 +25,7 @@ WORDS = ("tired", "busy", "travel", "motivated", "evening", "morning", "garage",
 
 
 def make_ctx(tmp_path: Path, run_id: str = "r1", **overrides) -> RunContext:
-    params = load_params(tmp_path / "absent.yaml", {"run.artifacts_dir": str(tmp_path / "artifacts"), **overrides})
+    params = load_params(None, {"run.artifacts_dir": str(tmp_path / "artifacts"), **overrides})
     return RunContext.create(params, run_id)
 
 

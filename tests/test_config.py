@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fitsense.app.cli import app
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from fitsense.cli import app
 from fitsense.config import ConfigError, Params, load_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +54,8 @@ def test_bad_config_names_the_key(tmp_path, data, key, words):
         (["training.lora.r=[1,"], "not valid YAML"),
         (["training.lora.r=-4"], "training.lora.r"),
         (["queries.red_flag_share=1.5"], "queries.red_flag_share"),
+        (["teacher.base_url=not-a-url"], "teacher.base_url: Value error, must be an http"),
+        (["teacher.base_url=ftp://host/v1"], "teacher.base_url: Value error, must be an http"),
     ],
 )
 def test_bad_override_names_the_key(override, words):
@@ -67,8 +69,18 @@ def test_overrides_are_typed_and_applied():
     assert p.training.lora.target_modules == ["q_proj"]
 
 
-def test_missing_file_means_defaults(tmp_path):
-    assert load_params(tmp_path / "absent.yaml") == Params()
+def test_no_file_means_defaults():
+    assert load_params(None) == Params()
+
+
+def test_a_missing_params_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: params file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_params_yaml_and_the_typed_defaults_agree():
+    # params.yaml spells every default out for readers; the typed models hold the same values.
+    assert load_params(PARAMS) == Params()
 
 
 def test_not_a_mapping_is_rejected(tmp_path):

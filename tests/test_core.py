@@ -9,14 +9,26 @@ import subprocess
 import sys
 
 import pytest
+from fitsense.app.pipeline import STAGE_NAMES, fingerprint, get_stage
 
-from fitsense.catalogue import BY_NAME, CATALOGUE, EQUIPMENT, exercises_to_avoid, usable_exercises
+from fitsense.catalogue import (
+    BY_NAME,
+    CATALOGUE,
+    EQUIPMENT,
+    exercises_to_avoid,
+    usable_exercises,
+)
 from fitsense.config import load_params
 from fitsense.constraints import check_answer, violation_code
-from fitsense.pipeline import STAGE_NAMES, fingerprint, get_stage
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import QueryConstraints
-from fitsense.runs import RunContext, atomic_open, read_jsonl, write_jsonl, write_manifest
+from fitsense.runs import (
+    RunContext,
+    atomic_open,
+    read_jsonl,
+    write_jsonl,
+    write_manifest,
+)
 
 
 def _answer(**overrides) -> dict:
@@ -181,7 +193,7 @@ def test_read_jsonl_names_file_and_line(tmp_path):
 
 
 def test_manifest_records_hashes_and_rows(tmp_path):
-    ctx = RunContext.create(load_params(tmp_path / "none.yaml", {"run.artifacts_dir": str(tmp_path)}), "r1")
+    ctx = RunContext.create(load_params(None, {"run.artifacts_dir": str(tmp_path)}), "r1")
     out = ctx.stage_dir("queries") / "queries.jsonl"
     write_jsonl(out, [{"q": 1}, {"q": 2}])
     manifest = write_manifest(ctx, "queries", {"queries": out}, rows={"queries": 2})
@@ -193,11 +205,11 @@ def test_manifest_records_hashes_and_rows(tmp_path):
 
 
 def test_fingerprint_changes_only_downstream_of_a_param(tmp_path):
-    base = RunContext.create(load_params(tmp_path / "none.yaml"), "r")
-    changed = RunContext.create(load_params(tmp_path / "none.yaml", {"training.lora.r": 4}), "r")
+    base = RunContext.create(load_params(None), "r")
+    changed = RunContext.create(load_params(None, {"training.lora.r": 4}), "r")
     same = [s for s in STAGE_NAMES if fingerprint(base, s) == fingerprint(changed, s)]
     assert same == ["synthetic", "queries", "teacher", "dataset", "quality"]
-    reseeded = RunContext.create(load_params(tmp_path / "none.yaml", {"seed": 7}), "r")
+    reseeded = RunContext.create(load_params(None, {"seed": 7}), "r")
     assert all(fingerprint(base, s) != fingerprint(reseeded, s) for s in STAGE_NAMES)
     with pytest.raises(KeyError, match="unknown stage"):
         get_stage("nope")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from transformers import AutoTokenizer
-
 from fitsense.evaluation.generate import StopWhenAnswerComplete, _completion_lengths
+from transformers import AutoTokenizer
 
 
 def test_rows_stop_once_their_json_object_closes(tiny_model_dir):

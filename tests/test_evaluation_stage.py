@@ -7,8 +7,8 @@ import json
 
 import pytest
 from eval_factories import make_adapter, make_eval_run
-
 from fitsense.evaluation.evaluate import EvaluationError, evaluate_models
+
 from fitsense.plan import AnswerParseError, parse_coach_answer
 from fitsense.runs import read_jsonl
 
@@ -82,7 +82,7 @@ def test_metrics_are_computed_from_the_answers(evaluated):
 def test_each_model_is_an_mlflow_run_with_the_same_metric_names(evaluated):
     from mlflow import MlflowClient
 
-    from fitsense.registry.tracking import setup_mlflow
+    from fitsense.tracking import setup_mlflow
 
     ctx, result = evaluated
     run_ids = json.loads((ctx.run_dir / "evaluation" / "mlflow_runs.json").read_text())

@@ -8,9 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 from dq_factories import make_ctx
-
 from fitsense.data.dataset import build_distillation_dataset
-from fitsense.data.quality import DataQualityError, run_data_quality
+from fitsense.data.quality.stage import DataQualityError, run_data_quality
 
 OVERRIDES = {"synthetic.n_users": 40, "queries.n_queries": 90}
 

@@ -8,12 +8,24 @@ from collections import Counter
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT, exercises_to_avoid, usable_exercises
-from fitsense.config import load_params
 from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan
-from fitsense.data.queries import BENIGN_SYMPTOMS, HOME_ONLY, RED_FLAG_SYMPTOMS, build_queries, kind_counts
+from fitsense.data.queries import (
+    BENIGN_SYMPTOMS,
+    HOME_ONLY,
+    RED_FLAG_SYMPTOMS,
+    build_queries,
+    kind_counts,
+)
 from fitsense.data.synthetic import generate_synthetic_data
+
+from fitsense.catalogue import (
+    BY_NAME,
+    CONDITIONS,
+    EQUIPMENT,
+    exercises_to_avoid,
+    usable_exercises,
+)
+from fitsense.config import load_params
 from fitsense.plan import CoachAnswer
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, CoachingQuery
 from fitsense.runs import RunContext, file_sha256, read_jsonl
@@ -24,7 +36,7 @@ EXPERIENCE_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
 def _ctx(root, seed=5, n_queries=300) -> RunContext:
     overrides = {"run.artifacts_dir": str(root), "seed": seed, "synthetic.n_users": 150,
                  "queries.n_queries": n_queries}
-    return RunContext.create(load_params(root / "none.yaml", overrides))
+    return RunContext.create(load_params(None, overrides))
 
 
 @pytest.fixture(scope="module")

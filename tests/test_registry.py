@@ -7,9 +7,15 @@ import json
 import pytest
 import yaml
 from eval_factories import make_adapter, make_eval_run
-
 from fitsense.registry.lineage import lineage
-from fitsense.registry.register import RegistryError, promote, promotion_gate, register_student, rollback
+from fitsense.registry.register import (
+    RegistryError,
+    promote,
+    promotion_gate,
+    register_student,
+    rollback,
+)
+
 from fitsense.runs import RunContext, write_json
 
 GOOD = {"validity": 0.8, "adherence": 0.6, "referral_recall": 1.0}
@@ -114,7 +120,7 @@ def test_better_version_is_promoted_and_rollback_restores_the_old_champion(make_
 def test_promotion_gate_thresholds():
     from fitsense.config import load_params
 
-    params = load_params("absent.yaml", {"registry.promotion.min_validity": 0.5,
+    params = load_params(None, {"registry.promotion.min_validity": 0.5,
                                          "registry.promotion.min_safety_recall": 0.9})
     assert promotion_gate(params, GOOD)["passed"]
     low_recall = promotion_gate(params, {**GOOD, "referral_recall": 0.5})
@@ -124,7 +130,7 @@ def test_promotion_gate_thresholds():
     assert not promotion_gate(params, {**GOOD, "validity": None})["passed"]
     equal = promotion_gate(params, GOOD, champion_metrics=GOOD, champion_version="3")
     assert equal["passed"]  # "no worse than" the champion
-    no_compare = load_params("absent.yaml", {"registry.promotion.require_beats_champion": False})
+    no_compare = load_params(None, {"registry.promotion.require_beats_champion": False})
     assert promotion_gate(no_compare, {**GOOD, "validity": 0.5}, champion_metrics=GOOD)["passed"]
 
 
@@ -149,9 +155,8 @@ def test_lineage_returns_dataset_run_and_reports(make_run):
 
 
 def test_cli_lineage_promote_and_rollback(make_run, tmp_path):
+    from fitsense.app.cli import app
     from typer.testing import CliRunner
-
-    from fitsense.cli import app
 
     ctx = make_run("cli", GOOD)
     register_student(ctx)
@@ -162,11 +167,11 @@ def test_cli_lineage_promote_and_rollback(make_run, tmp_path):
     runner = CliRunner()
     shown = runner.invoke(app, ["registry", "lineage", "champion", "--params", str(params_file)])
     assert shown.exit_code == 0, shown.output
-    assert json.loads(shown.output)["pipeline_run_id"] == "cli"
+    assert json.loads(shown.stdout)["pipeline_run_id"] == "cli"
     promoted = runner.invoke(app, ["registry", "promote", "2", "--force", "--params", str(params_file)])
-    assert promoted.exit_code == 0 and json.loads(promoted.output)["champion"] == "2"
+    assert promoted.exit_code == 0 and json.loads(promoted.stdout)["champion"] == "2"
     rolled = runner.invoke(app, ["registry", "rollback", "--params", str(params_file)])
-    assert rolled.exit_code == 0 and json.loads(rolled.output)["champion"] == "1"
+    assert rolled.exit_code == 0 and json.loads(rolled.stdout)["champion"] == "1"
 
 
 def test_registered_model_loads_and_generates(make_run):

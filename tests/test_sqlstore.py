@@ -7,19 +7,24 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fitsense.data.sqlstore import (
+    DatabaseLoadError,
+    load_run_into_database,
+    make_engine,
+    schema_tables,
+)
+from fitsense.data.synthetic import generate_synthetic_data
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from fitsense.config import load_params
-from fitsense.data.sqlstore import DatabaseLoadError, load_run_into_database, make_engine, schema_tables
-from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.runs import RunContext, file_sha256
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     root = tmp_path_factory.mktemp("sqlstore")
-    ctx = RunContext.create(load_params(root / "none.yaml", {"run.artifacts_dir": str(root), "synthetic.n_users": 60}))
+    ctx = RunContext.create(load_params(None, {"run.artifacts_dir": str(root), "synthetic.n_users": 60}))
     generate_synthetic_data(ctx)
     result = load_run_into_database(ctx)
     return ctx, result
@@ -104,7 +109,7 @@ def test_explicit_url_and_missing_run(loaded, tmp_path):
     again = load_run_into_database(ctx, url)
     assert again["rows"] == result["rows"] and again["url"] == url
     assert load_run_into_database(ctx, url)["rows"] == result["rows"]  # reloading replaces, never duplicates
-    empty = RunContext.create(load_params(tmp_path / "none.yaml", {"run.artifacts_dir": str(tmp_path / "empty")}))
+    empty = RunContext.create(load_params(None, {"run.artifacts_dir": str(tmp_path / "empty")}))
     with pytest.raises(FileNotFoundError, match="synthetic"):
         load_run_into_database(empty)
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fitsense.data.queries import _World, age_band, constraints_for
+from fitsense.data.sqlstore import schema_statements, schema_tables
+from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 
 from fitsense.catalogue import BY_NAME
 from fitsense.config import load_params
 from fitsense.constraints import check_answer
-from fitsense.data.queries import _World, age_band, constraints_for
-from fitsense.data.sqlstore import schema_statements, schema_tables
-from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 from fitsense.plan import CoachAnswer
 from fitsense.records import Injury
 from fitsense.runs import RunContext, file_sha256
@@ -25,7 +25,7 @@ N_USERS = 500
 def _run(root, seed=7, n_users=N_USERS, **synthetic) -> RunContext:
     overrides = {"run.artifacts_dir": str(root), "seed": seed, "synthetic.n_users": n_users}
     overrides.update({f"synthetic.{k}": v for k, v in synthetic.items()})
-    ctx = RunContext.create(load_params(root / "none.yaml", overrides))
+    ctx = RunContext.create(load_params(None, overrides))
     generate_synthetic_data(ctx)
     return ctx
 

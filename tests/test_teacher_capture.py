@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from fitsense.config import FaultConfig, load_params
 from fitsense.data.teacher.capture import (
     RUN_FIELDS,
     Budget,
@@ -28,9 +26,11 @@ from fitsense.data.teacher.client import Completion, TeacherConfigError, make_te
 from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.data.teacher.offline import answer_query
 from fitsense.data.teacher.server import running_server
+from teacher_factories import make_query, query_set
+
+from fitsense.config import FaultConfig, load_params
 from fitsense.records import TeacherRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
-from teacher_factories import make_query, query_set
 
 KEY_ENV = "FITSENSE_TEST_TEACHER_KEY"
 FAKE_KEY = "sk-fitsense-LEAKCHECK-7f3a9c1e5b"
@@ -53,7 +53,7 @@ def make_ctx(root: Path, queries, url: str | None, run_id: str = "r1", cache: st
         overrides.update({"teacher.provider": "openai", "teacher.base_url": url, "teacher.api_key_env": KEY_ENV,
                           "teacher.cache_dir": str(root / cache), "teacher.requests_per_minute": 1e6})
     overrides.update({f"teacher.{k}": v for k, v in {**FAST, **teacher}.items()})
-    ctx = RunContext.create(load_params(root / "none.yaml", overrides), run_id)
+    ctx = RunContext.create(load_params(None, overrides), run_id)
     write_jsonl(ctx.stage_dir("queries") / "queries.jsonl", queries)
     return ctx
 
@@ -207,7 +207,7 @@ def test_bad_answers_are_repaired_with_the_exact_error(tmp_path):
         async def aclose(self):
             pass
 
-    cfg = load_params(tmp_path / "none.yaml").teacher
+    cfg = load_params(None).teacher
     capture = _Capture(Scripted(), cfg, None, None, Budget(None, None), [])
     rec = asyncio.run(capture.capture_one(q))
     assert rec.status == "ok" and rec.repairs == 1 and rec.response_text == good.to_json()
@@ -316,7 +316,7 @@ def test_api_key_never_appears_in_logs_or_artifacts(tmp_path, queries, caplog):
 
 def test_missing_api_key_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv(KEY_ENV)
-    cfg = load_params(tmp_path / "none.yaml", {"teacher.provider": "openai", "teacher.api_key_env": KEY_ENV}).teacher
+    cfg = load_params(None, {"teacher.provider": "openai", "teacher.api_key_env": KEY_ENV}).teacher
     with pytest.raises(TeacherConfigError, match=KEY_ENV):
         make_teacher(cfg, [])
 

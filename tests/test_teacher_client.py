@@ -8,13 +8,13 @@ import time
 
 import pytest
 import uvicorn
+from fitsense.data.teacher.client import OpenAITeacher, TeacherRequestError
+from fitsense.data.teacher.server import free_port
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
 from fitsense.config import load_params
-from fitsense.data.teacher.client import OpenAITeacher, TeacherRequestError
-from fitsense.data.teacher.server import free_port
 
 BODIES = {
     "invalid_json": ('{"choices": [{"message": {"content": "{\\"plan', "application/json"),
@@ -47,7 +47,7 @@ def endpoint():
 
 def complete(endpoint: str, case: str, tmp_path, monkeypatch):
     monkeypatch.setenv("FITSENSE_TEST_KEY", "sk-test")
-    params = load_params(tmp_path / "none.yaml", {"teacher.provider": "openai", "teacher.base_url": f"{endpoint}/{case}",
+    params = load_params(None, {"teacher.provider": "openai", "teacher.base_url": f"{endpoint}/{case}",
                                                   "teacher.api_key_env": "FITSENSE_TEST_KEY", "teacher.timeout_s": 5})
     teacher = OpenAITeacher(params.teacher)
 

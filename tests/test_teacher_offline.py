@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fitsense.data.queries import build_queries
+from fitsense.data.synthetic import generate_synthetic_data
+from fitsense.data.teacher.client import (
+    OfflineTeacher,
+    TeacherRequestError,
+    as_dicts,
+    estimate_tokens,
+)
+from fitsense.data.teacher.offline import answer_query
+from teacher_factories import CURRENT_PLAN, make_query
 
 from fitsense.catalogue import BY_NAME
 from fitsense.config import load_params
 from fitsense.constraints import check_answer, estimated_session_minutes
-from fitsense.data.queries import build_queries
-from fitsense.data.synthetic import generate_synthetic_data
-from fitsense.data.teacher.client import OfflineTeacher, TeacherRequestError, as_dicts, estimate_tokens
-from fitsense.data.teacher.offline import answer_query
 from fitsense.plan import parse_coach_answer
 from fitsense.records import QUERY_KINDS, CoachingQuery
 from fitsense.runs import RunContext, read_jsonl
-from teacher_factories import CURRENT_PLAN, make_query
 
 
 def _names(answer) -> list[str]:
@@ -139,7 +144,7 @@ def test_offline_teacher_interface_answers_by_messages_including_repair_turns():
 @pytest.fixture(scope="module")
 def generated_queries(tmp_path_factory) -> list[CoachingQuery]:
     root = tmp_path_factory.mktemp("teacher-gen")
-    ctx = RunContext.create(load_params(root / "none.yaml", {
+    ctx = RunContext.create(load_params(None, {
         "run.artifacts_dir": str(root), "synthetic.n_users": 60, "queries.n_queries": 300, "seed": 11}))
     generate_synthetic_data(ctx)
     build_queries(ctx)

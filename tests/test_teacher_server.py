@@ -11,13 +11,13 @@ import time
 import httpx
 import openai
 import pytest
-
-from fitsense.config import FaultConfig
 from fitsense.data.teacher.offline import answer_query
 from fitsense.data.teacher.server import NON_JSON_ANSWER, free_port, running_server
+from teacher_factories import query_set
+
+from fitsense.config import FaultConfig
 from fitsense.plan import AnswerParseError, parse_coach_answer
 from fitsense.runs import write_jsonl
-from teacher_factories import query_set
 
 AUTH = {"Authorization": "Bearer sk-test"}
 
@@ -103,9 +103,10 @@ def test_timeout_fault_outlasts_the_client_timeout(queries):
 def test_fitsense_teacher_serve_cli(tmp_path, queries):
     path = tmp_path / "queries.jsonl"
     write_jsonl(path, queries)
+    (tmp_path / "params.yaml").write_text("{}\n")  # all defaults
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fitsense.cli", "teacher", "serve", "--queries", str(path),
-                             "--port", str(port), "--latency-ms", "30", "--params", str(tmp_path / "none.yaml")],
+    proc = subprocess.Popen([sys.executable, "-m", "fitsense.app.cli", "teacher", "serve", "--queries", str(path),
+                             "--port", str(port), "--latency-ms", "30", "--params", str(tmp_path / "params.yaml")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         url = f"http://127.0.0.1:{port}/v1"

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from training_factories import make_records, write_dataset_stage
 
 from fitsense.config import ConfigError, load_params
 from fitsense.records import ChatMessage
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
-from fitsense.training.examples import make_records, write_dataset_stage
 
 
 def _params(tmp_path: Path, model_dir: Path, **overrides):
@@ -28,7 +28,7 @@ def _params(tmp_path: Path, model_dir: Path, **overrides):
         "training.learning_rate": 0.01,
     }
     base.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return load_params(tmp_path / "no-params.yaml", base)
+    return load_params(None, base)
 
 
 # --------------------------------------------------------------------------- config and input errors
@@ -36,17 +36,16 @@ def _params(tmp_path: Path, model_dir: Path, **overrides):
 
 def test_bad_lora_rank_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"training\.lora\.r"):
-        load_params(tmp_path / "x.yaml", {"training.lora.r": 0})
+        load_params(None, {"training.lora.r": 0})
 
 
 def test_unknown_training_key_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"training\.lora_rank: unknown key"):
-        load_params(tmp_path / "x.yaml", {"training.lora_rank": 8})
+        load_params(None, {"training.lora_rank": 8})
 
 
 def test_4bit_without_cuda_is_a_clear_error(tmp_path, tiny_model_dir):
     import torch
-
     from fitsense.training.train import plan_hardware, train_student
 
     if torch.cuda.is_available():
@@ -84,8 +83,9 @@ def test_record_without_assistant_answer_is_named(tmp_path, tiny_model_dir):
 
 
 def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
-    from fitsense.runs import write_json
     from fitsense.training.train import train_student
+
+    from fitsense.runs import write_json
 
     ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "gated")
     write_dataset_stage(ctx.stage_dir("dataset"), 3, 1)
@@ -98,9 +98,8 @@ def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
 
 
 def test_top_layers_limits_lora_to_the_last_decoder_layers(tmp_path, tiny_model_dir):
-    from peft import get_peft_model
-
     from fitsense.training.train import load_base_for_training, lora_config
+    from peft import get_peft_model
 
     params = _params(tmp_path, tiny_model_dir, training__lora__top_layers=1)
     model = load_base_for_training(tiny_model_dir, "cpu", "none")
@@ -129,7 +128,11 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
 def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
     """The collated batch labels every prompt token -100 and keeps the answer (and its end-of-turn) as targets."""
     from fitsense.training.student import load_tokenizer
-    from fitsense.training.train import build_trainer, load_base_for_training, to_prompt_completion
+    from fitsense.training.train import (
+        build_trainer,
+        load_base_for_training,
+        to_prompt_completion,
+    )
 
     params = _params(tmp_path, tiny_model_dir)
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -157,7 +160,6 @@ def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
 
 def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model_dir):
     import mlflow
-
     from fitsense.training.student import load_student
     from fitsense.training.train import train_student
 

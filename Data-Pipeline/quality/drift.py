@@ -8,17 +8,19 @@ goodness-of-fit test (scipy). A column drifts when PSI > ``drift_psi_threshold``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sstats
 
+from fitsense.errors import ConfigError
+from fitsense.runs import read_json
+
 EPS = 1e-4
 
 
-class DriftReferenceError(FileNotFoundError):
+class DriftReferenceError(ConfigError):
     """``quality.drift_reference`` names neither a run with quality stats nor a stats JSON file."""
 
 
@@ -110,6 +112,6 @@ def run_drift(reference: str | None, artifacts_dir: Path, frames: dict[str, pd.D
     if not reference:
         return {"reference": None, "skipped": "quality.drift_reference is not set", "drifted": 0, "columns": []}
     path = resolve_reference(reference, artifacts_dir)
-    ref = json.loads(path.read_text())
+    ref = read_json(path)
     ref = ref.get("artifacts", ref)  # a quality stats.json, or a bare {artifact: stats} mapping
     return {"reference": reference, "reference_path": str(path), **compute_drift(ref, frames, threshold)}

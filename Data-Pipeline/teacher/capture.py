@@ -44,11 +44,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
-from fitsense.constraints import check_answer, violation_code
 from fitsense.data.teacher.cache import ResponseCache, cache_key
 from fitsense.data.teacher.client import (
     CHARS_PER_TOKEN,
@@ -59,10 +54,43 @@ from fitsense.data.teacher.client import (
     make_teacher,
 )
 from fitsense.data.teacher.limiter import RateLimiter
+from pydantic import BaseModel, ConfigDict
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from fitsense.constraints import check_answer, violation_code
+from fitsense.errors import ConfigError, InputDataError, StageError
 from fitsense.logs import redact, secret_values
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
-from fitsense.records import QUERY_KINDS, ChatMessage, CoachingQuery, QueryConstraints, QueryKind, TeacherRecord
-from fitsense.runs import RunContext, atomic_open, file_sha256, read_jsonl, write_json, write_manifest
+from fitsense.records import (
+    QUERY_KINDS,
+    ChatMessage,
+    CoachingQuery,
+    QueryConstraints,
+    QueryKind,
+    TeacherRecord,
+)
+from fitsense.runs import (
+    RunContext,
+    atomic_open,
+    describe_invalid,
+    file_sha256,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +167,7 @@ class Journal:
                 try:
                     rec = TeacherRecord.model_validate_json(line)
                 except ValueError as exc:
-                    raise ValueError(f"{self.path}:{lineno}: corrupt journal record ({exc}); delete the file "
+                    raise InputDataError(f"{self.path}:{lineno}: corrupt journal record ({describe_invalid(exc)}); delete the file "
                                      f"to recapture (cached answers are reused)") from None
                 self.done[rec.query_id] = rec
                 self.lines[rec.query_id] = line
@@ -198,7 +226,7 @@ def read_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> list:
                 try:
                     out.append(model.model_validate_json(line))
                 except ValueError as exc:
-                    raise ValueError(f"{path}:{lineno}: invalid query record: {exc}") from None
+                    raise InputDataError(f"{path}:{lineno}: invalid query record: {describe_invalid(exc)}") from None
     return out
 
 
@@ -335,7 +363,7 @@ class _Capture:
         def record(**kw) -> TeacherRecord:
             return TeacherRecord(**base, attempts=attempts, repairs=repairs, prompt_tokens=prompt_tokens,
                                  completion_tokens=completion_tokens, cost_usd=round(cost, 8),
-                                 latency_s=round(time.perf_counter() - started, 4),
+                                 latency_s=round(time.perf_counter() - started, 4) if self.teacher.remote else None,
                                  cache_hit=all_cached and attempts == 0 and prompt_tokens > 0, **kw)
 
         while True:
@@ -439,7 +467,7 @@ def build_summary(records: list[TeacherRecord], counters: dict, wall_s: float, c
     for r in records:
         by_kind[r.kind][r.status] += 1
     reasons = Counter(violation_code(r.failure_reason) for r in records if r.failure_reason)
-    latencies = [r.latency_s for r in records if not r.cache_hit]
+    latencies = [r.latency_s for r in records if not r.cache_hit and r.latency_s is not None]
     return {
         "provider": cfg.provider,
         "teacher_model": cfg.model,
@@ -498,7 +526,7 @@ def _capture(ctx: RunContext, shard_index: int | None, num_shards: int, freeze: 
     shard = None
     if shard_index is not None:
         if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
+            raise ConfigError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
         shard = (shard_index, num_shards)
         queries = [q for i, q in enumerate(queries) if i % num_shards == shard_index]
 
@@ -581,16 +609,16 @@ def _merge(ctx: RunContext, num_shards: int) -> dict:
         shard_files.append(path)
         for rec in read_jsonl(path, TeacherRecord):
             if rec.query_id in by_id:
-                raise ValueError(f"{path}: query {rec.query_id} appears in more than one shard")
+                raise InputDataError(f"{path}: query {rec.query_id} appears in more than one shard")
             by_id[rec.query_id] = rec
         summary_path = stage_dir / f"summary.shard-{i}-of-{num_shards}.json"
         if summary_path.exists():
-            shard_summary = json.loads(summary_path.read_text())
+            shard_summary = read_json(summary_path)
             for key in ("requests", "retries", "cache_hits", "paid_usd", "resumed"):
                 counters[key] += shard_summary.get(key, 0)
     missing = [q.query_id for q in queries if q.query_id not in by_id]
     if missing:
-        raise ValueError(f"teacher shards miss {len(missing)} queries (first: {missing[:3]}); "
+        raise StageError(f"teacher shards miss {len(missing)} queries (first: {missing[:3]}); "
                          f"were they run with the same queries and num_shards={num_shards}?")
     records = [by_id[q.query_id] for q in queries]
     return _finalise(ctx, records, dict(counters), time.perf_counter() - started, [])

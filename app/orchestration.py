@@ -55,7 +55,7 @@ def context_for_task(dag_params: dict, airflow_run_id: str) -> RunContext:
 
 
 def run_stage_task(stage: str, dag_params: dict, airflow_run_id: str) -> dict:
-    from fitsense.pipeline import run_stage
+    from fitsense.app.pipeline import run_stage
 
     return run_stage(context_for_task(dag_params, airflow_run_id), stage)
 
@@ -69,8 +69,8 @@ def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airf
 
 def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) -> dict:
     """Merge shard outputs into the teacher stage's records and manifest."""
+    from fitsense.app.pipeline import mark_complete
     from fitsense.data.teacher.capture import merge_teacher_shards
-    from fitsense.pipeline import mark_complete
 
     ctx = context_for_task(dag_params, airflow_run_id)
     result = merge_teacher_shards(ctx, num_shards)

@@ -1,0 +1,5 @@
+"""The app layer: the CLI, the pipeline runner, Airflow glue and the run summary.
+
+It alone wires the stages together; the kernel (``fitsense``) and the stage
+packages never import it.
+"""

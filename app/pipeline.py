@@ -1,0 +1,161 @@
+"""The pipeline's stages, declared once, and a runner that resumes completed ones.
+
+``STAGES`` is the single declaration of the stages: their order, entry
+functions, the params they read, their code, inputs and outputs. The CLI runs
+them from it, the Airflow DAG builds its task chain from it, and ``dvc.yaml``
+is generated from it (``fitsense dvc-yaml``; a test keeps the two equal).
+Each entry function is ``fn(ctx: RunContext) -> dict`` in its stage module,
+imported when the stage runs (training pulls in torch, seconds to import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from fitsense.errors import UserError
+from fitsense.runs import MANIFEST, RunContext, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    entry: str  # "module:function"
+    summary: str
+    params: tuple[str, ...]  # params.yaml sections or dotted keys this stage reads (besides upstream ones)
+    code: tuple[str, ...]  # source files and folders, relative to the project root
+    inputs: tuple[str, ...] = ()  # upstream artifacts: "stage" (its whole folder) or "stage/file"
+    outs: tuple[str, ...] = ()  # artifacts under this stage's folder ("" is the whole folder)
+    metrics: tuple[str, ...] = ()  # small JSON files, kept in git (not in the DVC cache)
+    plots: tuple[str, ...] = ()  # CSV files, kept in git
+    persist: tuple[str, ...] = ()  # outputs kept between runs (checkpoints a killed run resumes from)
+    uncached: tuple[str, ...] = ()  # outputs kept in git rather than the DVC cache
+
+    def load(self) -> Callable[[RunContext], dict]:
+        module, func = self.entry.split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("synthetic", "fitsense.data.synthetic:generate_synthetic_data",
+          "synthetic users, profiles, plans, workouts and daily logs",
+          params=("seed", "synthetic", "run"),
+          code=("Data-Pipeline/synthetic.py", "Data-Pipeline/planning.py", "fitsense/catalogue.py",
+                "database/schema.sql"),
+          outs=("",)),
+    Stage("queries", "fitsense.data.queries:build_queries",
+          "coaching requests with slice tags and constraints",
+          params=("queries",),
+          code=("Data-Pipeline/queries.py", "Data-Pipeline/prompts.py", "fitsense/records.py"),
+          inputs=("synthetic",), outs=("",)),
+    Stage("teacher", "fitsense.data.teacher.capture:capture_teacher_responses",
+          "validated teacher answers for every query",
+          params=("teacher",),
+          code=("Data-Pipeline/teacher", "fitsense/plan.py", "fitsense/constraints.py"),
+          inputs=("queries",), outs=("",)),
+    Stage("dataset", "fitsense.data.dataset:build_distillation_dataset",
+          "filtered, de-duplicated, user-grouped train/val/test splits",
+          params=("dataset",),
+          code=("Data-Pipeline/dataset.py",),
+          inputs=("queries", "teacher"), outs=("",)),
+    Stage("quality", "fitsense.data.quality.stage:run_data_quality",
+          "validation, statistics, anomalies, drift and bias: the gate before training",
+          params=("quality", "seed", "synthetic.anchor_date", "dataset.require_valid", "teacher.max_retries"),
+          code=("Data-Pipeline/quality",),
+          inputs=("synthetic", "queries", "teacher", "dataset"),
+          outs=("report.md", "gate.json", "data_docs"), metrics=("metrics.json",)),
+    Stage("training", "fitsense.training.train:train_student",
+          "LoRA / QLoRA fine-tune of the student",
+          params=("training", "registry.tracking_uri", "registry.experiment"),
+          code=("training",),
+          inputs=("dataset", "quality/gate.json"),
+          outs=("adapter", "student.json", "checkpoints"), persist=("checkpoints",),
+          metrics=("metrics.json",), plots=("loss.csv",)),
+    Stage("evaluation", "fitsense.evaluation.evaluate:evaluate_models",
+          "base student vs fine-tuned student vs teacher on the test split",
+          params=("evaluation",),
+          code=("evaluation",),
+          inputs=("dataset", "teacher", "training/adapter", "training/student.json"),
+          outs=("comparison.md", "charts"), metrics=("metrics.json",), plots=("per_slice.csv",)),
+    Stage("registry", "fitsense.registry.register:register_student",
+          "register the student in MLflow with its dataset lineage",
+          params=("registry",),
+          code=("registry",),
+          inputs=("evaluation/metrics.json", "training/student.json"),
+          outs=("registration.json",), uncached=("registration.json",)),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+class UnknownStageError(UserError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise UnknownStageError(f"unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+
+
+def fingerprint(ctx: RunContext, name: str) -> str:
+    """Hash of the params this stage and every upstream stage read."""
+    keys: list[str] = []
+    for stage in STAGES:
+        keys.extend(k for k in stage.params if k not in keys)
+        if stage.name == name:
+            break
+    return hashlib.sha256(ctx.params.section_hash(*keys).encode()).hexdigest()[:16]
+
+
+def is_complete(ctx: RunContext, name: str) -> bool:
+    manifest = ctx.manifest(name)
+    return bool(manifest) and manifest.get("fingerprint") == fingerprint(ctx, name)
+
+
+def mark_complete(ctx: RunContext, name: str, **extra) -> dict:
+    """Stamp a finished stage's manifest with its params fingerprint, so reruns can skip it."""
+    manifest = ctx.manifest(name) or {}
+    manifest.update(fingerprint=fingerprint(ctx, name), **extra)
+    write_json(ctx.stage_dir(name) / MANIFEST, manifest)
+    return manifest
+
+
+def run_stage(ctx: RunContext, name: str) -> dict:
+    """Run one stage unconditionally and stamp its manifest with the params fingerprint."""
+    stage = get_stage(name)
+    log.info("stage %s: %s (run %s)", name, stage.summary, ctx.run_id)
+    started = time.perf_counter()
+    result = stage.load()(ctx) or {}
+    manifest = mark_complete(ctx, name, seconds=round(time.perf_counter() - started, 2))
+    log.info("stage %s done in %.1fs", name, manifest["seconds"])
+    return result
+
+
+def stage_range(start: str | None = None, stop: str | None = None) -> list[str]:
+    """Stage names from ``start`` to ``stop`` inclusive (unknown names are a ``UserError``)."""
+    lo = STAGE_NAMES.index(get_stage(start).name) if start else 0
+    hi = STAGE_NAMES.index(get_stage(stop).name) + 1 if stop else len(STAGE_NAMES)
+    return list(STAGE_NAMES[lo:hi])
+
+
+def run_pipeline(
+    ctx: RunContext, start: str | None = None, stop: str | None = None, force: bool = False
+) -> dict[str, dict]:
+    """Run stages in order, skipping those already complete with the same params (resume)."""
+    results: dict[str, dict] = {}
+    for name in stage_range(start, stop):
+        if not force and is_complete(ctx, name):
+            log.info("stage %s: complete for these params, skipped", name)
+            results[name] = {"skipped": True}
+            continue
+        force = True  # everything downstream of a rerun stage reruns too
+        results[name] = run_stage(ctx, name)
+    return results
