@@ -14,17 +14,17 @@ import time
 from pathlib import Path
 
 import pytest
+from fitsense.data.teacher.budget import Budget
 from fitsense.data.teacher.capture import (
     RUN_FIELDS,
-    Budget,
-    Journal,
-    _Capture,
     capture_teacher_responses,
     merge_teacher_shards,
 )
 from fitsense.data.teacher.client import Completion, TeacherConfigError, make_teacher
+from fitsense.data.teacher.journal import Journal
 from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.data.teacher.offline import answer_query
+from fitsense.data.teacher.requests import CaptureSession
 from fitsense.data.teacher.server import running_server
 from teacher_factories import make_query, query_set
 
@@ -208,7 +208,7 @@ def test_bad_answers_are_repaired_with_the_exact_error(tmp_path):
             pass
 
     cfg = load_params(None).teacher
-    capture = _Capture(Scripted(), cfg, None, None, Budget(None, None), [])
+    capture = CaptureSession(Scripted(), cfg, None, None, Budget(None, None), [])
     rec = asyncio.run(capture.capture_one(q))
     assert rec.status == "ok" and rec.repairs == 1 and rec.response_text == good.to_json()
     assert sent[1][-2] == {"role": "assistant", "content": bad.to_json()}
