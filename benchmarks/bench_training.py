@@ -49,7 +49,7 @@ COMPARE = [
 
 def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     import torch
-    from fitsense.training import train
+    from fitsense.training import train, trainer
     from fitsense.training.student import resolve_base_model
     from training_factories import (
         write_dataset_stage,  # tests/: a synthetic dataset of the real shape
@@ -61,7 +61,7 @@ def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     if trl_loss:
         from trl import SFTTrainer
 
-        original, train._trainer_class = train._trainer_class, lambda device: SFTTrainer
+        original, trainer._trainer_class = trainer._trainer_class, lambda device: SFTTrainer
     try:
         with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
             tmp = Path(tmp)
@@ -89,7 +89,7 @@ def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
             student = json.loads((ctx.stage_dir("training") / "student.json").read_text())
     finally:
         if trl_loss:
-            train._trainer_class = original
+            trainer._trainer_class = original
 
     steps = max(m["steps"], 1)
     # tokens_per_s and s_per_step exclude evaluation time; eval is timed separately (base eval).

@@ -84,3 +84,11 @@ def test_every_stage_declares_existing_code_and_an_importable_entry(stage):
     assert callable(stage.load())
     for dep in stage.inputs:
         assert dep.split("/")[0] in STAGE_NAMES[: STAGE_NAMES.index(stage.name)], f"{stage.name}: {dep} is not upstream"
+
+
+def test_the_readme_stage_table_matches_stages():
+    readme = (REPO / "README.md").read_text()
+    rows = [line.split("|")[1:3] for line in readme.splitlines()
+            if line.startswith("| ") and "`fitsense." in line and ":" not in line.split("|")[2]]
+    table = [(name.strip(), entry.strip().strip("`")) for name, entry in rows if name.strip() in STAGE_NAMES]
+    assert table == [(s.name, s.entry.replace(":", ".")) for s in STAGES]

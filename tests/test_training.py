@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from training_factories import make_records, write_dataset_stage
 
+from fitsense.errors import InputDataError, StageError
 from fitsense.config import ConfigError, load_params
 from fitsense.records import ChatMessage
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
@@ -46,7 +47,8 @@ def test_unknown_training_key_is_rejected(tmp_path):
 
 def test_4bit_without_cuda_is_a_clear_error(tmp_path, tiny_model_dir):
     import torch
-    from fitsense.training.train import plan_hardware, train_student
+    from fitsense.training.hardware import plan_hardware
+    from fitsense.training.train import train_student
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present: 4bit is allowed")
@@ -78,7 +80,7 @@ def test_record_without_assistant_answer_is_named(tmp_path, tiny_model_dir):
     records = read_jsonl(stage / "train.jsonl")
     records[1]["messages"] = records[1]["messages"][:2]  # system + user only
     write_jsonl(stage / "train.jsonl", records)
-    with pytest.raises(ValueError, match=rf"train\.jsonl: record {records[1]['query_id']}: messages must be"):
+    with pytest.raises(InputDataError, match=rf"train\.jsonl: record {records[1]['query_id']}: messages must be"):
         train_student(ctx)
 
 
@@ -90,7 +92,7 @@ def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
     ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "gated")
     write_dataset_stage(ctx.stage_dir("dataset"), 3, 1)
     write_json(ctx.stage_dir("quality") / "gate.json", {"passed": False, "failures": ["min_train_examples"]})
-    with pytest.raises(RuntimeError, match="data quality gate failed"):
+    with pytest.raises(StageError, match="data quality gate failed"):
         train_student(ctx)
 
 
@@ -98,7 +100,8 @@ def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
 
 
 def test_top_layers_limits_lora_to_the_last_decoder_layers(tmp_path, tiny_model_dir):
-    from fitsense.training.train import load_base_for_training, lora_config
+    from fitsense.training.hardware import load_base_for_training
+    from fitsense.training.trainer import lora_config
     from peft import get_peft_model
 
     params = _params(tmp_path, tiny_model_dir, training__lora__top_layers=1)
@@ -128,11 +131,9 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
 def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
     """The collated batch labels every prompt token -100 and keeps the answer (and its end-of-turn) as targets."""
     from fitsense.training.student import load_tokenizer
-    from fitsense.training.train import (
-        build_trainer,
-        load_base_for_training,
-        to_prompt_completion,
-    )
+    from fitsense.training.data import to_prompt_completion
+    from fitsense.training.hardware import load_base_for_training
+    from fitsense.training.trainer import build_trainer
 
     params = _params(tmp_path, tiny_model_dir)
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -218,7 +219,7 @@ def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model
 
 
 def test_checkpoints_are_reused_only_for_the_same_unfinished_training(tmp_path):
-    from fitsense.training.train import RESUME_FILE, _prepare_checkpoints
+    from fitsense.training.resume import RESUME_FILE, prepare_checkpoints
 
     ckpt = tmp_path / "checkpoints"
 
@@ -228,16 +229,17 @@ def test_checkpoints_are_reused_only_for_the_same_unfinished_training(tmp_path):
         (ckpt / RESUME_FILE).write_text(json.dumps(record))
 
     killed_run({"key": "a", "mlflow_run_id": "m1"})
-    last, record = _prepare_checkpoints(ckpt, "a")
+    last, record = prepare_checkpoints(ckpt, "a")
     assert last.endswith("checkpoint-2") and record["mlflow_run_id"] == "m1"
-    last, record = _prepare_checkpoints(ckpt, "b")  # other params/data/base model
+    last, record = prepare_checkpoints(ckpt, "b")  # other params/data/base model
     assert last is None and record == {"key": "b"} and not (ckpt / "checkpoint-2").exists()
     killed_run({"key": "a", "completed": True})
-    assert _prepare_checkpoints(ckpt, "a")[0] is None and not (ckpt / "checkpoint-2").exists()
+    assert prepare_checkpoints(ckpt, "a")[0] is None and not (ckpt / "checkpoint-2").exists()
 
 
 def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(tmp_path, tiny_model_dir, monkeypatch):
     from fitsense.training import train as train_mod
+    from fitsense.training.trainer import MlflowStepLogger
 
     params = _params(tmp_path, tiny_model_dir, training__batch_size=1, training__max_steps=4,
                      training__eval_steps=2, training__max_val_examples=1)
@@ -247,21 +249,21 @@ def test_killed_run_resumes_from_last_checkpoint_in_the_same_mlflow_run(tmp_path
     class Killed(Exception):
         pass
 
-    original = train_mod.MlflowStepLogger.on_log
+    original = MlflowStepLogger.on_log
 
     def die_at_step_3(self, args, state, control, logs=None, **kwargs):
         original(self, args, state, control, logs=logs, **kwargs)
         if state.global_step == 3:
             raise Killed()
 
-    monkeypatch.setattr(train_mod.MlflowStepLogger, "on_log", die_at_step_3)
+    monkeypatch.setattr(MlflowStepLogger, "on_log", die_at_step_3)
     with pytest.raises(Killed):
         train_mod.train_student(ctx)
     ckpt = ctx.run_dir / "training" / "checkpoints"
     assert (ckpt / "checkpoint-2").exists() and not (ctx.run_dir / "training" / "adapter").exists()
     first_run_id = json.loads((ckpt / train_mod.RESUME_FILE).read_text())["mlflow_run_id"]
 
-    monkeypatch.setattr(train_mod.MlflowStepLogger, "on_log", original)
+    monkeypatch.setattr(MlflowStepLogger, "on_log", original)
     summary = train_mod.train_student(ctx)
     metrics = json.loads((ctx.run_dir / "training" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == 2 and metrics["steps"] == 4
