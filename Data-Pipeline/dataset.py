@@ -30,23 +30,8 @@ from pydantic import ValidationError
 from fitsense.constraints import check_answer
 from fitsense.errors import StageError
 from fitsense.plan import CoachAnswer
-from fitsense.records import (
-    SLICE_TAGS,
-    ChatMessage,
-    CoachingQuery,
-    DistillRecord,
-    TeacherRecord,
-)
-from fitsense.runs import (
-    MANIFEST,
-    RunContext,
-    atomic_path,
-    file_sha256,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-    write_manifest,
-)
+from fitsense.records import SLICE_TAGS, ChatMessage, CoachingQuery, DistillRecord, TeacherRecord
+from fitsense.runs import MANIFEST, RunContext, atomic_path, file_sha256, read_jsonl, write_json, write_jsonl, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,10 @@ from datetime import date
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+
+from fitsense.catalogue import CONDITIONS, EQUIPMENT, INJURY_SITES, exercises_to_avoid, usable_exercises
 from fitsense.data import planning
 from fitsense.data.prompts import SYSTEM_PROMPT, render_user_message
-
-from fitsense.catalogue import (
-    CONDITIONS,
-    EQUIPMENT,
-    EQUIPMENT_TIERS,
-    INJURY_SITES,
-    exercises_to_avoid,
-    usable_exercises,
-)
 from fitsense.records import (
     QUERY_KINDS,
     SLICE_TAGS,

@@ -21,13 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fitsense.data import planning
-from fitsense.data.planning import (
-    ACTIVITY_LEVELS,
-    EXPERIENCE_LEVELS,
-    GOALS,
-    SESSION_MINUTES,
-)
 from tqdm import tqdm
 
 from fitsense.catalogue import (
@@ -39,6 +32,8 @@ from fitsense.catalogue import (
     exercises_to_avoid,
 )
 from fitsense.constraints import session_seconds
+from fitsense.data import planning
+from fitsense.data.planning import ACTIVITY_LEVELS, EXPERIENCE_LEVELS, GOALS, SESSION_MINUTES
 from fitsense.runs import RunContext, atomic_path, write_manifest
 
 log = logging.getLogger(__name__)

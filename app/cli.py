@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,11 +11,12 @@ import typer
 from typer._click import Context
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
-from fitsense.app.pipeline import STAGE_NAMES, get_stage, run_pipeline, run_stage
 
+from fitsense.app.pipeline import STAGE_NAMES, STAGES, get_stage, run_pipeline, run_stage
 from fitsense.config import Params, load_params
 from fitsense.errors import FitSenseError, UserError
 from fitsense.runs import RunContext
+
 
 class _ReportingGroup(TyperGroup):
     """Reports errors the project's way: a user error is one line and exit 2, a stage failure one
@@ -102,6 +102,13 @@ def run(
     print_run_summary(ctx)
 
 
+def _stage_command(name: str):
+    def command(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
+        _run_stage(name, params, run_id, set_)
+
+    return command
+
+
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help=f"one of: {', '.join(STAGE_NAMES)}")],
@@ -114,22 +121,12 @@ def stage(
     _run_stage(name, params, run_id, set_)
 
 
-@app.command()
-def synthetic(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Generate synthetic users, profiles, plans, workouts and daily logs (Parquet per table)."""
-    _run_stage("synthetic", params, run_id, set_)
-
-
-@app.command()
-def queries(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Build coaching queries (four kinds) with slice tags and constraints."""
-    _run_stage("queries", params, run_id, set_)
-
-
-@teacher_app.command("capture")
-def teacher_capture(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Capture validated teacher answers for every query (cached, resumable)."""
-    _run_stage("teacher", params, run_id, set_)
+# One command per stage, named in STAGES (`fitsense dataset`, `fitsense teacher capture`, ...).
+for _stage in STAGES:
+    _group, _, _verb = _stage.command.rpartition(" ")
+    {"": app, "teacher": teacher_app}[_group].command(
+        _verb, help=f"{_stage.summary[0].upper()}{_stage.summary[1:]} (the {_stage.name} stage; always reruns it)."
+    )(_stage_command(_stage.name))
 
 
 @teacher_app.command("serve")
@@ -150,36 +147,6 @@ def teacher_serve(
         update={k: v for k, v in {"latency_ms": latency_ms, "rate": fault_rate}.items() if v is not None}
     )
     serve(p, host=host, port=port, faults=faults, queries_path=queries)
-
-
-@app.command()
-def dataset(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Build the distillation dataset: filter, de-duplicate, split by user, chat format."""
-    _run_stage("dataset", params, run_id, set_)
-
-
-@app.command()
-def quality(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Data quality: Great Expectations validation, stats, anomalies, drift, bias; fails the gate on errors."""
-    _run_stage("quality", params, run_id, set_)
-
-
-@app.command()
-def train(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Fine-tune the student with LoRA (QLoRA on a CUDA GPU)."""
-    _run_stage("training", params, run_id, set_)
-
-
-@app.command()
-def evaluate(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Evaluate base student, fine-tuned student and teacher on the test split."""
-    _run_stage("evaluation", params, run_id, set_)
-
-
-@app.command()
-def register(params: ParamsOpt = Path("params.yaml"), run_id: RunIdOpt = None, set_: SetOpt = None) -> None:
-    """Register the fine-tuned student in the MLflow model registry with its lineage."""
-    _run_stage("registry", params, run_id, set_)
 
 
 @registry_app.command("lineage")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from fitsense.app.pipeline import STAGES, Stage
 
 HEADER = """\

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fitsense.app.pipeline import STAGE_NAMES
-from fitsense.evaluation.report import COMPARISON_ROWS, fmt
 from rich.console import Console
 from rich.table import Table
 
+from fitsense.app.pipeline import STAGE_NAMES
+from fitsense.evaluation.report import COMPARISON_ROWS, fmt
 from fitsense.runs import RunContext
 
 # The comparison table's rows that fit a terminal (the full table is in comparison.md).

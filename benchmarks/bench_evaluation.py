@@ -40,17 +40,16 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value params override")
     args = parser.parse_args()
 
+    from fitsense.config import load_params
     from fitsense.evaluation.evaluate import (
         build_answer_tables,
         compute_metrics,
         generate_student_answers,
         select_examples,
     )
-    from fitsense.training.student import resolve_base_model
-
-    from fitsense.config import load_params
     from fitsense.records import DistillRecord, TeacherRecord
     from fitsense.runs import RunContext, read_jsonl
+    from fitsense.training.student import resolve_base_model
 
     overrides = dict(o.split("=", 1) for o in args.overrides)
     overrides["evaluation.max_examples"] = str(args.examples)

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from fitsense.app.pipeline import run_stage
-
 from fitsense.config import load_params
 from fitsense.runs import RunContext
 

@@ -17,10 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from fitsense.config import load_params
 from fitsense.data.queries import build_queries
 from fitsense.data.synthetic import generate_synthetic_data
-
-from fitsense.config import load_params
 from fitsense.runs import RunContext
 
 

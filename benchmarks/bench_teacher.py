@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+
+from fitsense.config import FaultConfig, load_params
 from fitsense.data.queries import build_queries
 from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.data.teacher.capture import capture_teacher_responses
 from fitsense.data.teacher.server import free_port, running_server
-
-from fitsense.config import FaultConfig, load_params
 from fitsense.records import CoachingQuery, TeacherRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 

@@ -49,14 +49,14 @@ COMPARE = [
 
 def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     import torch
-    from fitsense.training import train, trainer
-    from fitsense.training.student import resolve_base_model
     from training_factories import (
         write_dataset_stage,  # tests/: a synthetic dataset of the real shape
     )
 
     from fitsense.config import load_params
     from fitsense.runs import RunContext
+    from fitsense.training import train, trainer
+    from fitsense.training.student import resolve_base_model
 
     if trl_loss:
         from trl import SFTTrainer

@@ -16,6 +16,7 @@ import os
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+
 from fitsense.app.pipeline import STAGE_NAMES
 
 TEACHER_POOL = os.environ.get("FITSENSE_TEACHER_POOL", "fitsense_teacher")

@@ -17,6 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
+
+from fitsense.errors import StageError
 from fitsense.evaluation.generate import Generation, generate_answers
 from fitsense.evaluation.metrics import (
     MIN_SLICE_EXAMPLES,
@@ -33,8 +35,6 @@ from fitsense.evaluation.report import (
     write_comparison,
     write_per_slice_csv,
 )
-
-from fitsense.errors import StageError
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import DistillRecord, TeacherRecord
 from fitsense.runs import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from fitsense.evaluation.metrics import SLICE_METRICS
 
+from fitsense.evaluation.metrics import SLICE_METRICS
 from fitsense.runs import atomic_open, atomic_path
 
 # (metric key, label, format) rows of the comparison table, in reading order.

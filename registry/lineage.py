@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fitsense.registry.register import _client, resolve_version, version_metrics
-
 from fitsense.config import Params
+from fitsense.registry.register import _client, resolve_version, version_metrics
 from fitsense.runs import read_json
 
 QUALITY_REPORTS = ("gate.json", "report.md", "validation.json", "data_docs", "stats.json", "anomalies.json",

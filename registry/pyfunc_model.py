@@ -34,9 +34,8 @@ class CoachStudentModel(PythonModel):
             if base.startswith("bundled:"):
                 # The bundled student is converted from a GGUF by fitsense itself.
                 try:
-                    from fitsense.training.student import resolve_base_model
-
                     from fitsense.config import TrainingConfig
+                    from fitsense.training.student import resolve_base_model
                 except ImportError as exc:
                     raise RuntimeError(f"base model {base!r} needs the fitsense-distill package, or a "
                                        "base_model_path folder that exists on this machine") from exc

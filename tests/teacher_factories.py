@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from fitsense.data.prompts import SYSTEM_PROMPT, render_user_message
-
 from fitsense.catalogue import CONDITIONS, exercises_to_avoid
-from fitsense.records import (
-    ChatMessage,
-    CoachingQuery,
-    ExerciseTrend,
-    Injury,
-    Profile,
-    QueryConstraints,
-    QueryContext,
-    Symptom,
-)
+from fitsense.data.prompts import SYSTEM_PROMPT, render_user_message
+from fitsense.records import ChatMessage, CoachingQuery, ExerciseTrend, Injury, Profile, QueryConstraints, QueryContext, Symptom
 
 EXPERIENCE_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fitsense.app.cli import app
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
+from fitsense.app.cli import app
 from fitsense.config import ConfigError, Params, load_params
 
 REPO = Path(__file__).resolve().parent.parent

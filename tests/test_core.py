@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from fitsense.app.pipeline import STAGE_NAMES, fingerprint, get_stage
 
+from fitsense.app.pipeline import STAGE_NAMES, fingerprint, get_stage
 from fitsense.catalogue import (
     BY_NAME,
     CATALOGUE,

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 from dq_factories import make_ctx, make_query, make_record, write_inputs
-from fitsense.data.dataset import SPLITS, DatasetBuildError, build_distillation_dataset
 
+from fitsense.data.dataset import SPLITS, DatasetBuildError, build_distillation_dataset
 from fitsense.plan import parse_coach_answer
 from fitsense.records import DistillRecord
 from fitsense.runs import read_jsonl, write_jsonl

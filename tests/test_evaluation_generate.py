@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from fitsense.evaluation.generate import StopWhenAnswerComplete, _completion_lengths
 from transformers import AutoTokenizer
+
+from fitsense.evaluation.generate import StopWhenAnswerComplete, _completion_lengths
 
 
 def test_rows_stop_once_their_json_object_closes(tiny_model_dir):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from fitsense.catalogue import usable_exercises
 from fitsense.evaluation.evaluate import select_examples
 from fitsense.evaluation.metrics import (
     answer_frame,
@@ -16,8 +18,6 @@ from fitsense.evaluation.metrics import (
     structure_match,
     summarise,
 )
-
-from fitsense.catalogue import usable_exercises
 from fitsense.plan import parse_coach_answer
 from fitsense.records import QueryConstraints
 
@@ -168,7 +168,6 @@ def test_select_examples_is_deterministic_and_covers_kinds():
 
 def test_teacher_cost_uses_captured_cost_or_prices():
     from fitsense.evaluation.evaluate import teacher_cost
-
     from fitsense.records import TeacherRecord
 
     base = dict(query_id="q1", user_id=1, kind="plan_creation", teacher_model="m", status="ok",

@@ -7,8 +7,8 @@ import json
 
 import pytest
 from eval_factories import make_adapter, make_eval_run
-from fitsense.evaluation.evaluate import EvaluationError, evaluate_models
 
+from fitsense.evaluation.evaluate import EvaluationError, evaluate_models
 from fitsense.plan import AnswerParseError, parse_coach_answer
 from fitsense.runs import read_jsonl
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fitsense.app.pipeline import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parent.parent

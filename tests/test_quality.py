@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 from dq_factories import make_ctx, write_inputs
+
 from fitsense.data.dataset import build_distillation_dataset
 from fitsense.data.quality.stage import DataQualityError, run_data_quality
-
 from fitsense.runs import read_jsonl, write_jsonl
 
 REPORTS = ("gate.json", "validation.json", "stats.json", "anomalies.json", "drift.json", "bias.json",

@@ -8,6 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 from dq_factories import make_ctx
+
 from fitsense.data.dataset import build_distillation_dataset
 from fitsense.data.quality.stage import DataQualityError, run_data_quality
 

@@ -8,15 +8,6 @@ from collections import Counter
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan
-from fitsense.data.queries import (
-    BENIGN_SYMPTOMS,
-    HOME_ONLY,
-    RED_FLAG_SYMPTOMS,
-    build_queries,
-    kind_counts,
-)
-from fitsense.data.synthetic import generate_synthetic_data
 
 from fitsense.catalogue import (
     BY_NAME,
@@ -26,6 +17,15 @@ from fitsense.catalogue import (
     usable_exercises,
 )
 from fitsense.config import load_params
+from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan
+from fitsense.data.queries import (
+    BENIGN_SYMPTOMS,
+    HOME_ONLY,
+    RED_FLAG_SYMPTOMS,
+    build_queries,
+    kind_counts,
+)
+from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.plan import CoachAnswer
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, CoachingQuery
 from fitsense.runs import RunContext, file_sha256, read_jsonl

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from eval_factories import make_adapter, make_eval_run
+
 from fitsense.registry.lineage import lineage
 from fitsense.registry.register import (
     RegistryError,
@@ -15,7 +16,6 @@ from fitsense.registry.register import (
     register_student,
     rollback,
 )
-
 from fitsense.runs import RunContext, write_json
 
 GOOD = {"validity": 0.8, "adherence": 0.6, "referral_recall": 1.0}
@@ -155,8 +155,9 @@ def test_lineage_returns_dataset_run_and_reports(make_run):
 
 
 def test_cli_lineage_promote_and_rollback(make_run, tmp_path):
-    from fitsense.app.cli import app
     from typer.testing import CliRunner
+
+    from fitsense.app.cli import app
 
     ctx = make_run("cli", GOOD)
     register_student(ctx)

@@ -7,6 +7,10 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from fitsense.config import load_params
 from fitsense.data.sqlstore import (
     DatabaseLoadError,
     load_run_into_database,
@@ -14,10 +18,6 @@ from fitsense.data.sqlstore import (
     schema_tables,
 )
 from fitsense.data.synthetic import generate_synthetic_data
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-
-from fitsense.config import load_params
 from fitsense.runs import RunContext, file_sha256
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from fitsense.data.queries import _World, age_band, constraints_for
-from fitsense.data.sqlstore import schema_statements, schema_tables
-from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 
 from fitsense.catalogue import BY_NAME
 from fitsense.config import load_params
 from fitsense.constraints import check_answer
+from fitsense.data.queries import _World, age_band, constraints_for
+from fitsense.data.sqlstore import schema_statements, schema_tables
+from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 from fitsense.plan import CoachAnswer
 from fitsense.records import Injury
 from fitsense.runs import RunContext, file_sha256

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from teacher_factories import make_query, query_set
+
+from fitsense.config import FaultConfig, load_params
 from fitsense.data.teacher.budget import Budget
 from fitsense.data.teacher.capture import (
     RUN_FIELDS,
@@ -26,9 +29,6 @@ from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.data.teacher.offline import answer_query
 from fitsense.data.teacher.requests import CaptureSession
 from fitsense.data.teacher.server import running_server
-from teacher_factories import make_query, query_set
-
-from fitsense.config import FaultConfig, load_params
 from fitsense.records import TeacherRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 

@@ -8,13 +8,13 @@ import time
 
 import pytest
 import uvicorn
-from fitsense.data.teacher.client import OpenAITeacher, TeacherRequestError
-from fitsense.data.teacher.server import free_port
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
 from fitsense.config import load_params
+from fitsense.data.teacher.client import OpenAITeacher, TeacherRequestError
+from fitsense.data.teacher.server import free_port
 
 BODIES = {
     "invalid_json": ('{"choices": [{"message": {"content": "{\\"plan', "application/json"),

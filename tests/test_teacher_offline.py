@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from teacher_factories import CURRENT_PLAN, make_query
+
+from fitsense.catalogue import BY_NAME
+from fitsense.config import load_params
+from fitsense.constraints import check_answer, estimated_session_minutes
 from fitsense.data.queries import build_queries
 from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.data.teacher.client import (
@@ -14,11 +19,6 @@ from fitsense.data.teacher.client import (
     estimate_tokens,
 )
 from fitsense.data.teacher.offline import answer_query
-from teacher_factories import CURRENT_PLAN, make_query
-
-from fitsense.catalogue import BY_NAME
-from fitsense.config import load_params
-from fitsense.constraints import check_answer, estimated_session_minutes
 from fitsense.plan import parse_coach_answer
 from fitsense.records import QUERY_KINDS, CoachingQuery
 from fitsense.runs import RunContext, read_jsonl

@@ -11,11 +11,11 @@ import time
 import httpx
 import openai
 import pytest
-from fitsense.data.teacher.offline import answer_query
-from fitsense.data.teacher.server import NON_JSON_ANSWER, free_port, running_server
 from teacher_factories import query_set
 
 from fitsense.config import FaultConfig
+from fitsense.data.teacher.offline import answer_query
+from fitsense.data.teacher.server import NON_JSON_ANSWER, free_port, running_server
 from fitsense.plan import AnswerParseError, parse_coach_answer
 from fitsense.runs import write_jsonl
 

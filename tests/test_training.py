@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from training_factories import make_records, write_dataset_stage
 
-from fitsense.errors import InputDataError, StageError
 from fitsense.config import ConfigError, load_params
+from fitsense.errors import InputDataError, StageError
 from fitsense.records import ChatMessage
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 
@@ -47,6 +47,7 @@ def test_unknown_training_key_is_rejected(tmp_path):
 
 def test_4bit_without_cuda_is_a_clear_error(tmp_path, tiny_model_dir):
     import torch
+
     from fitsense.training.hardware import plan_hardware
     from fitsense.training.train import train_student
 
@@ -85,9 +86,8 @@ def test_record_without_assistant_answer_is_named(tmp_path, tiny_model_dir):
 
 
 def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
-    from fitsense.training.train import train_student
-
     from fitsense.runs import write_json
+    from fitsense.training.train import train_student
 
     ctx = RunContext.create(_params(tmp_path, tiny_model_dir), "gated")
     write_dataset_stage(ctx.stage_dir("dataset"), 3, 1)
@@ -100,9 +100,10 @@ def test_failed_quality_gate_blocks_training(tmp_path, tiny_model_dir):
 
 
 def test_top_layers_limits_lora_to_the_last_decoder_layers(tmp_path, tiny_model_dir):
+    from peft import get_peft_model
+
     from fitsense.training.hardware import load_base_for_training
     from fitsense.training.trainer import lora_config
-    from peft import get_peft_model
 
     params = _params(tmp_path, tiny_model_dir, training__lora__top_layers=1)
     model = load_base_for_training(tiny_model_dir, "cpu", "none")
@@ -130,9 +131,9 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
 
 def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
     """The collated batch labels every prompt token -100 and keeps the answer (and its end-of-turn) as targets."""
-    from fitsense.training.student import load_tokenizer
     from fitsense.training.data import to_prompt_completion
     from fitsense.training.hardware import load_base_for_training
+    from fitsense.training.student import load_tokenizer
     from fitsense.training.trainer import build_trainer
 
     params = _params(tmp_path, tiny_model_dir)
@@ -161,6 +162,7 @@ def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
 
 def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model_dir):
     import mlflow
+
     from fitsense.training.student import load_student
     from fitsense.training.train import train_student
 

@@ -33,9 +33,10 @@ def test_bad_base_model_specs_are_clear(tmp_path):
 @pytest.mark.slow
 def test_bundled_gguf_converts_once_to_an_equivalent_safetensors_model(tmp_path, monkeypatch):
     import torch
+    from transformers import AutoModelForCausalLM
+
     from fitsense.training import student
     from fitsense.training.student import bundled_gguf_path
-    from transformers import AutoModelForCausalLM
 
     cfg = TrainingConfig(model_cache_dir=str(tmp_path / "models"))
     started = time.perf_counter()

@@ -16,10 +16,10 @@ def build_tiny_model(out_dir: str | Path, hidden_size: int = 64, layers: int = 2
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
         return out_dir
     import torch
-    from fitsense.training.student import bundled_gguf_path
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from fitsense.runs import atomic_dir
+    from fitsense.training.student import bundled_gguf_path
 
     gguf = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

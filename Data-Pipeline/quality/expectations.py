@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from fitsense.data.queries import age_band
 
 from fitsense.catalogue import EQUIPMENT_TIERS
+from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
 from fitsense.runs import write_json
 

@@ -53,7 +53,6 @@ from fitsense.data.teacher.journal import Journal, journal_path
 from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.data.teacher.loading import QueryHead, few_collections, read_queries
 from fitsense.data.teacher.requests import CaptureSession, loop_factory, run_capture
-
 from fitsense.errors import ConfigError
 from fitsense.logs import secret_values
 from fitsense.records import CoachingQuery, TeacherRecord

@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from fitsense.data.teacher.loading import QueryHead, few_collections, read_queries
 
 from fitsense.constraints import violation_code
+from fitsense.data.teacher.loading import QueryHead, few_collections, read_queries
 from fitsense.errors import InputDataError, MissingUpstreamError, StageError
 from fitsense.records import QUERY_KINDS, TeacherRecord
 from fitsense.runs import (

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import hashlib
 
-from fitsense.data import planning
-
 from fitsense.catalogue import BY_NAME, usable_exercises
 from fitsense.constraints import session_seconds
+from fitsense.data import planning
 from fitsense.errors import InputDataError
 from fitsense.plan import CoachAnswer, PlanDay, PlannedExercise, SafetyBlock
 from fitsense.records import CoachingQuery, QueryConstraints

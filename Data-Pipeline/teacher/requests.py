@@ -13,18 +13,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from fitsense.data.teacher.budget import Budget, BudgetExhausted
-from fitsense.data.teacher.cache import ResponseCache, cache_key
-from fitsense.data.teacher.client import (
-    CHARS_PER_TOKEN,
-    Completion,
-    Teacher,
-    TeacherRequestError,
-    as_dicts,
-)
-from fitsense.data.teacher.journal import Journal
-from fitsense.data.teacher.limiter import RateLimiter
-from fitsense.data.teacher.loading import QueryHead
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,6 +28,18 @@ from tenacity import (
 )
 
 from fitsense.constraints import check_answer, violation_code
+from fitsense.data.teacher.budget import Budget, BudgetExhausted
+from fitsense.data.teacher.cache import ResponseCache, cache_key
+from fitsense.data.teacher.client import (
+    CHARS_PER_TOKEN,
+    Completion,
+    Teacher,
+    TeacherRequestError,
+    as_dicts,
+)
+from fitsense.data.teacher.journal import Journal
+from fitsense.data.teacher.limiter import RateLimiter
+from fitsense.data.teacher.loading import QueryHead
 from fitsense.logs import redact
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import CoachingQuery, QueryConstraints, TeacherRecord

@@ -35,14 +35,9 @@ from typing import Iterable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fitsense.data.teacher.client import (
-    CHARS_PER_TOKEN,
-    OfflineTeacher,
-    TeacherRequestError,
-    estimate_tokens,
-)
 
 from fitsense.config import FaultConfig, Params
+from fitsense.data.teacher.client import CHARS_PER_TOKEN, OfflineTeacher, TeacherRequestError, estimate_tokens
 from fitsense.errors import StageError
 from fitsense.records import CoachingQuery
 from fitsense.runs import RunContext, read_jsonl
