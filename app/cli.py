@@ -182,6 +182,57 @@ def registry_rollback(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = No
     typer.echo(json.dumps(rollback(_params(params, set_)), indent=2, default=str))
 
 
+
+@app.command()
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model_uri: Annotated[Optional[str], typer.Option(help="models:/<name>@<alias> or models:/<name>/<version> "
+                                                         "(default: serving.model_uri, else the champion)")] = None,
+    host: Annotated[Optional[str], typer.Option(help="default: serving.host")] = None,
+    port: Annotated[Optional[int], typer.Option(help="default: serving.port")] = None,
+) -> None:
+    """Serve the registered student as an OpenAI-compatible chat-completions endpoint."""
+    from fitsense.registry.serving.server import serve as serve_student
+
+    serve_student(_params(params, set_), model_uri=model_uri, host=host, port=port)
+
+
+@app.command()
+def ask(
+    text: Annotated[str, typer.Argument(help="what you would ask the coach")],
+    profile: Annotated[Optional[Path], typer.Option(help="JSON file with your constraints (a QueryConstraints "
+                                                         "object, or {\"constraints\": {...}})")] = None,
+    user_id: Annotated[Optional[int], typer.Option(help="take the constraints of this user's query in the run")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: RunIdOpt = None,
+    set_: SetOpt = None,
+    model_uri: Annotated[Optional[str], typer.Option(help="default: serving.model_uri, else the champion")] = None,
+) -> None:
+    """Ask the registered student one question; prints the answer and the model version that wrote it."""
+    from fitsense.registry.serving.ask import ask_student, load_constraints, print_answer
+
+    if profile is not None and user_id is not None:
+        raise UserError("give --profile or --user-id, not both")
+    ctx = _context(params, run_id, set_)
+    constraints = load_constraints(ctx, profile, user_id)
+    print_answer(ask_student(ctx.params, text, constraints, model_uri))
+
+
+@teacher_app.command("from-inference-log")
+def teacher_from_inference_log(
+    out: Annotated[Path, typer.Option(help="queries file to write")] = Path("inference_queries.jsonl"),
+    url: Annotated[Optional[str], typer.Option(help="inference log URL (default: serving.log_url)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many queries")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Turn logged serving requests (fallbacks first) into queries for the next teacher capture."""
+    from fitsense.registry.serving.inference_log import default_log_url, export_queries
+
+    p = _params(params, set_)
+    typer.echo(json.dumps(export_queries(url or default_log_url(p), out, limit), indent=2))
+
 @app.command()
 def ui(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, port: int = 5000) -> None:
     """Start the MLflow UI on localhost for the configured tracking store."""

@@ -213,6 +213,30 @@ class RegistryConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
+class ServingConfig(_Section):
+    """``fitsense serve``: the registered student behind an OpenAI-compatible endpoint."""
+
+    model_uri: str | None = None  # None = models:/<registry.model_name>@champion
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    api_key_env: str = "FITSENSE_SERVE_API_KEY"  # when this variable is set, requests need it as a bearer key
+    max_batch_size: int = Field(default=8, ge=1, le=256)  # micro-batch: up to this many requests ...
+    max_wait_ms: float = Field(default=25, ge=0)  # ... or this long after the first one arrives
+    max_new_tokens: int = Field(default=768, ge=8)  # the cap; a request's max_tokens may only lower it
+    max_prompt_tokens: int = Field(default=2048, ge=16)  # longer prompts get a 400
+    timeout_s: float = Field(default=300, gt=0)  # a request waiting longer for its answer gets a 504
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # as evaluation.precision
+    fallback: Literal["off", "offline", "teacher"] = "off"  # teacher = the `teacher` section's endpoint
+    fallback_queries: str | None = None  # queries.jsonl the offline fallback knows (None: the run's queries)
+    reload_interval_s: float = Field(default=30, ge=0)  # how often the alias is re-resolved; 0 = never
+    log_url: str | None = None  # SQLAlchemy URL of the inference log; None = sqlite in run.artifacts_dir
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare `off` (`--set serving.fallback=off`) as false
+
+
 class Params(_Section):
     seed: int = Field(default=42, ge=0)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -224,6 +248,7 @@ class Params(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     def section_hash(self, *keys: str) -> str:
         """Stable hash of the named sections or dotted keys (all when none), for fingerprints and lineage."""

@@ -33,7 +33,7 @@ def fresh_tracking_uri(folder: Path) -> str:
     return f"sqlite:///{db}"
 
 
-def make_adapter(model_dir: Path, out_dir: Path) -> Path:
+def make_adapter(model_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Save a random-weight LoRA adapter (and the tokenizer) for ``model_dir`` in ``out_dir`` (reused)."""
     if (out_dir / "adapter_config.json").exists():
         return out_dir
@@ -41,7 +41,7 @@ def make_adapter(model_dir: Path, out_dir: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                   task_type="CAUSAL_LM", init_lora_weights=False))

@@ -158,24 +158,31 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(queries: Iterable[CoachingQuery], faults: FaultConfig | None = None, **app_kwargs) -> Iterator:
-    """Start the server in a background thread on a free port; yields (base_url, app)."""
+def serve_in_thread(app, name: str = "server", lifespan: str = "off") -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a background thread on a free port; yields its base URL (``.../v1``)."""
     import uvicorn
 
-    app = create_app(list(queries), faults or FaultConfig(), **app_kwargs)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=1)
+                            lifespan=lifespan, timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="teacher-server", daemon=True)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise StageError("the local teacher server did not start")
+            raise StageError(f"the local {name} did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}/v1", app
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def running_server(queries: Iterable[CoachingQuery], faults: FaultConfig | None = None, **app_kwargs) -> Iterator:
+    """Start the server in a background thread on a free port; yields (base_url, app)."""
+    app = create_app(list(queries), faults or FaultConfig(), **app_kwargs)
+    with serve_in_thread(app, name="teacher server") as base_url:
+        yield base_url, app

@@ -1,0 +1,140 @@
+"""A registered model version as an ``Answerer``: the adapter from MLflow, raw decoding with ``generate_answers``.
+
+``resolve_model_uri`` turns ``models:/<name>@<alias>`` or ``models:/<name>/<version>``
+into a concrete version (number and adapter digest); ``load_version``
+downloads that version's artifacts and loads base + adapter with
+``fitsense.training.student.load_student``, the loader evaluation uses. The
+adapter is folded into the weights (as evaluation does) so each decoding step
+costs what the base model's does.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from fitsense.config import Params
+from fitsense.errors import LineageError
+from fitsense.evaluation.generate import generate_answers
+from fitsense.registry.register import UnknownVersionError, resolve_version
+from fitsense.registry.serving.protocol import ServeAnswer, ServeRequest
+
+log = logging.getLogger(__name__)
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+class ModelUriError(LineageError):
+    """A model URI that is malformed or does not resolve to a registered version."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+    fingerprint: str  # the adapter digest the version was registered with
+    uri: str  # what was asked for (an alias follows the champion, a number stays put)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def default_model_uri(params: Params) -> str:
+    return params.serving.model_uri or f"models:/{params.registry.model_name}@champion"
+
+
+def resolve_model_uri(params: Params, uri: str) -> ModelRef:
+    match = MODEL_URI.match(uri)
+    if match is None:
+        raise ModelUriError(f"model URI {uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    from mlflow import MlflowClient
+
+    from fitsense.tracking import setup_mlflow
+
+    setup_mlflow(params)
+    name = match["name"]
+    try:
+        mv = resolve_version(MlflowClient(), name, match["alias"] or match["version"])
+    except UnknownVersionError as exc:
+        raise ModelUriError(f"model URI {uri!r} does not resolve in {params.registry.tracking_uri}: {exc}") from None
+    return ModelRef(name=name, version=str(mv.version), fingerprint=(mv.tags or {}).get("adapter_sha256", ""),
+                    uri=uri)
+
+
+def _pyfunc_flavor(model_dir: Path) -> dict:
+    """The logged model's python_function flavor: its ``config`` and its ``artifacts`` (the adapter, ...)."""
+    from mlflow.models import Model
+
+    return Model.load(str(model_dir)).flavors.get("python_function", {})
+
+
+def _base_model_path(config: dict, params: Params) -> Path:
+    base = config.get("base_model_path")
+    if base and Path(base).exists():
+        return Path(base)
+    from fitsense.config import TrainingConfig
+    from fitsense.training.student import resolve_base_model
+
+    spec = config.get("base_model") or params.training.base_model
+    return resolve_base_model(TrainingConfig(base_model=spec, model_cache_dir=params.training.model_cache_dir))
+
+
+class StudentAnswerer:
+    """One registered version, loaded: raw greedy decoding in batches."""
+
+    def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path):
+        self.ref = ref
+        self.version = ref.version
+        self.fingerprint = ref.fingerprint
+        self.model_dir = model_dir
+        self.model, self.tokenizer, self.seed = model, tokenizer, seed
+        self._lock = threading.Lock()  # one generate at a time per model
+        # Prompts are measured on the event loop while a batch generates: a Rust tokenizer is not safe to
+        # share between threads that change its padding, so counting uses its own copy.
+        self._counter = copy.deepcopy(tokenizer)
+
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        text = self._counter.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(self._counter(text, add_special_tokens=False)["input_ids"])
+
+    def answer_batch(self, requests: list[ServeRequest]) -> list[ServeAnswer]:
+        # Rows of one generate call share max_new_tokens: group by it, keep the request order.
+        out: list[ServeAnswer | None] = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.max_new_tokens, []).append(i)
+        with self._lock:
+            for max_new, rows in groups.items():
+                gens = generate_answers(self.model, self.tokenizer, [requests[i].messages for i in rows],
+                                        max_new_tokens=max_new, batch_size=len(rows), seed=self.seed,
+                                        label=f"serve v{self.version}")
+                for i, g in zip(rows, gens):
+                    out[i] = ServeAnswer(text=g.text, prompt_tokens=g.prompt_tokens,
+                                         completion_tokens=g.completion_tokens)
+        return out  # type: ignore[return-value]
+
+
+def load_version(params: Params, ref: ModelRef) -> StudentAnswerer:
+    """Download ``ref``'s artifacts and load its base model + adapter for inference."""
+    import mlflow
+
+    from fitsense.training.student import load_student
+    from fitsense.tracking import setup_mlflow
+
+    setup_mlflow(params)
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{ref.name}/{ref.version}"))
+    flavor = _pyfunc_flavor(model_dir)
+    adapter_path = (flavor.get("artifacts") or {}).get("adapter", {}).get("path")
+    adapter = model_dir / adapter_path if adapter_path else None
+    if adapter is None or not adapter.exists():
+        raise ModelUriError(f"{ref.model_id}: the logged model in {model_dir} has no adapter artifact")
+    base = _base_model_path(flavor.get("config") or {}, params)
+    model, tokenizer = load_student(base, adapter, device=params.training.device, precision=params.serving.precision)
+    model = model.merge_and_unload()
+    log.info("loaded %s (adapter %s) from %s", ref.model_id, ref.fingerprint[:12], base)
+    return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir)

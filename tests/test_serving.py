@@ -1,0 +1,273 @@
+"""`fitsense serve` against a real server (uvicorn in-process), through the openai SDK and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from serving_factories import register_tiny_student, serving_params
+
+from fitsense.plan import parse_coach_answer
+from fitsense.records import CoachingQuery
+from fitsense.registry.serving.inference_log import InferenceLog, export_queries
+from fitsense.registry.serving.server import build_service, running_server
+from fitsense.registry.serving.student import load_version
+from fitsense.runs import read_jsonl
+
+RED_FLAG = "I'm 52, I train 3 days a week at home. I fainted during my last workout. How should I train now?"
+KEY = "sk-serve-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, tiny_model_dir):
+    return register_tiny_student(tmp_path_factory.mktemp("serving"), tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def queries(registered) -> list[CoachingQuery]:
+    found = read_jsonl(registered.run_dir / "queries" / "queries.jsonl", CoachingQuery)
+    return [q for q in found if not q.constraints.referral_required]
+
+
+@pytest.fixture(scope="module")
+def server(registered):
+    service = build_service(serving_params(registered))
+    with running_server(service) as base_url:
+        yield base_url, service
+
+
+def _sdk(base_url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
+
+
+def _create(client, query: CoachingQuery, **kwargs):
+    return client.chat.completions.create(
+        model="fitsense-coach-student", messages=[m.model_dump() for m in query.messages],
+        extra_body={"constraints": query.constraints.model_dump()}, **kwargs)
+
+
+def test_protocol_shape_through_the_openai_sdk(server, registered, queries):
+    base_url, service = server
+    client = _sdk(base_url)
+    resp = _create(client, queries[0], max_tokens=8)
+    assert resp.object == "chat.completion" and resp.model == "fitsense-coach-student/1"
+    from mlflow import MlflowClient
+
+    digest = MlflowClient().get_model_version("fitsense-coach-student", "1").tags["adapter_sha256"]
+    assert resp.system_fingerprint == digest and len(digest) == 64
+    assert resp.choices[0].message.role == "assistant" and isinstance(resp.choices[0].message.content, str)
+    usage = resp.usage
+    assert usage.prompt_tokens > 100 and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    info = resp.model_extra["fitsense"]
+    assert info["model_version"] == resp.model and info["screen"] == "pass"
+    assert [m.id for m in client.models.list().data] == ["fitsense-coach-student/1"]
+    health = httpx.get(base_url.removesuffix("/v1") + "/health").json()
+    assert health["status"] == "ok" and health["model"] == "fitsense-coach-student/1"
+
+
+def test_an_invalid_student_answer_falls_back_to_the_teacher_and_says_so(server, queries):
+    base_url, _ = server
+    resp = _create(_sdk(base_url), queries[1])
+    info = resp.model_extra["fitsense"]
+    # The tiny random student never writes a plan: the offline teacher's answer replaces it.
+    assert info["valid"] is False and info["fallback"] is True and info["fallback_model"] == "fitsense-expert-v1"
+    assert info["fallback_valid"] is True and info["fallback_violations"] == []
+    answer = parse_coach_answer(resp.choices[0].message.content)
+    assert len(answer.days) == queries[1].constraints.days_per_week
+    assert resp.model == "fitsense-coach-student/1"  # the version the student answer came from
+
+
+def test_without_fallback_the_students_answer_is_returned_unmarked(registered, queries):
+    service = build_service(serving_params(registered, **{"serving.fallback": "off"}))
+    with running_server(service) as base_url:
+        info = _create(_sdk(base_url), queries[0]).model_extra["fitsense"]
+    assert info["fallback"] is False and info["valid"] is False and info["error"]
+
+
+def test_the_safety_screen_answers_red_flags_with_a_referral_without_generating(server):
+    base_url, service = server
+    batches = len(service.batcher.batch_sizes)
+    resp = _sdk(base_url).chat.completions.create(model="x", messages=[{"role": "user", "content": RED_FLAG}])
+    info = resp.model_extra["fitsense"]
+    assert info["screen"] == "refer" and info["screen_flags"] == ["fainting"] and info["fallback"] is False
+    answer = parse_coach_answer(resp.choices[0].message.content)
+    assert answer.safety.referral_required and answer.days == [] and "clinician" in answer.safety.reason
+    assert len(service.batcher.batch_sizes) == batches and resp.usage.completion_tokens == 0
+
+
+def test_concurrent_requests_are_micro_batched(server, queries):
+    base_url, service = server
+
+    async def burst():
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+        try:
+            return await asyncio.gather(*[client.chat.completions.create(
+                model="x", messages=[m.model_dump() for m in q.messages], max_tokens=4) for q in queries[:4]])
+        finally:
+            await client.close()
+
+    before = len(service.batcher.batch_sizes)
+    answers = asyncio.run(burst())
+    assert len(answers) == 4 and all(a.model == "fitsense-coach-student/1" for a in answers)
+    assert max(service.batcher.batch_sizes[before:]) > 1
+
+
+def test_log_rows_are_written_and_become_next_round_queries(server, queries, tmp_path):
+    base_url, service = server
+    client = _sdk(base_url)
+    _create(client, queries[2])
+    client.chat.completions.create(model="x", messages=[{"role": "user", "content": RED_FLAG}])
+    service.flush_log()
+    log = InferenceLog(str(service.log.engine.url))
+    rows = log.rows()
+    log.close()
+    fallback_row, referral_row = rows[-2], rows[-1]
+    assert fallback_row["model_version"] == "fitsense-coach-student/1" and fallback_row["fallback"] is True
+    assert fallback_row["constraints"] == queries[2].constraints.model_dump()
+    assert fallback_row["user_text"] == queries[2].messages[-1].content and len(fallback_row["request_hash"]) == 64
+    assert fallback_row["screen_decision"] == "pass" and fallback_row["valid"] is False
+    assert fallback_row["latency_ms"] > 0 and fallback_row["prompt_tokens"] > 0 and fallback_row["status"] == 200
+    assert referral_row["screen_decision"] == "refer" and referral_row["fallback"] is False
+
+    out = tmp_path / "next.jsonl"
+    summary = export_queries(str(service.log.engine.url), out)
+    exported = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["queries"] == len(exported) > 0 and exported[0]["source"]["fallback"] is True
+    assert all(e["constraints"] for e in exported)  # requests without constraints are not exported
+    from fitsense.data.teacher.loading import QueryHead, read_queries
+
+    assert len(read_queries(out, QueryHead)) == len(exported)  # what capture reads for a remote teacher
+
+
+def test_auth_needs_the_key_and_never_echoes_it(registered, queries, caplog):
+    service = build_service(serving_params(registered, **{"serving.fallback": "off"}))
+    with running_server(service, api_key=KEY) as base_url:
+        for wrong in ("sk-wrong-key-987654321", None):
+            headers = {"Authorization": f"Bearer {wrong}"} if wrong else {}
+            r = httpx.post(f"{base_url}/chat/completions", headers=headers,
+                           json={"messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert (wrong or KEY) not in r.text and KEY not in r.text
+        with pytest.raises(openai.AuthenticationError):
+            _sdk(base_url, "sk-wrong-key-987654321").models.list()
+        assert _create(_sdk(base_url, KEY), queries[0], max_tokens=4).model == "fitsense-coach-student/1"
+    assert KEY not in caplog.text
+
+
+def test_bad_requests_get_openai_style_errors_and_the_server_lives_on(server, queries):
+    base_url, _ = server
+    url = f"{base_url}/chat/completions"
+    messages = [m.model_dump() for m in queries[0].messages]
+    good = queries[0].constraints.model_dump()
+
+    r = httpx.post(url, content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"messages": messages, "constraints": {**good, "colour": "red"}})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "constraints.colour: unknown field"
+    r = httpx.post(url, json={"messages": messages, "constraints": {**good, "days_per_week": 9}})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "constraints.days_per_week"
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "squat " * 3000}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(url, json={"messages": messages, "frobnicate": True})
+    assert r.status_code == 400 and "frobnicate" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"messages": messages, "stream": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream"
+    with pytest.raises(openai.BadRequestError):
+        _sdk(base_url).chat.completions.create(model="x", messages=[])
+    assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200
+
+
+def test_response_format_json_schema_is_checked(server, queries):
+    base_url, _ = server
+    schema = {"type": "object", "required": ["plan_name"], "properties": {"plan_name": {"type": "string"}}}
+    resp = _create(_sdk(base_url), queries[3], response_format={"type": "json_schema",
+                                                               "json_schema": {"name": "plan", "schema": schema}})
+    info = resp.model_extra["fitsense"]
+    assert info["fallback"] is True and info["fallback_valid"] is True  # the teacher's plan matches the schema
+    r = httpx.post(f"{base_url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                         "response_format": {"type": "xml"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format.type"
+
+
+def test_generation_past_its_timeout_is_a_504(registered, queries):
+    def slow_loader(params, ref):
+        answerer = load_version(params, ref)
+        answer_batch = answerer.answer_batch
+
+        def slow(requests):
+            time.sleep(1.0)
+            return answer_batch(requests)
+
+        answerer.answer_batch = slow
+        return answerer
+
+    service = build_service(serving_params(registered, **{"serving.timeout_s": 0.3, "serving.fallback": "off"}),
+                            loader=slow_loader)
+    with running_server(service) as base_url:
+        r = httpx.post(f"{base_url}/chat/completions", json={"messages": [m.model_dump() for m in queries[0].messages]},
+                       timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+        assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200
+        service.flush_log()
+        assert service.log.rows()[-1]["status"] == 504
+
+
+def test_an_alias_change_is_served_without_restart_and_no_answer_mixes_versions(registered, tiny_model_dir,
+                                                                                  queries):
+    from fitsense.registry.register import promote
+
+    params = serving_params(registered, **{"serving.reload_interval_s": 0.2, "serving.fallback": "off"})
+    service = build_service(params)
+    with running_server(service) as base_url:
+        client = _sdk(base_url)
+        first = _create(client, queries[0], max_tokens=4)
+        assert first.model == "fitsense-coach-student/1"
+        second = register_tiny_student(registered.run_dir.parent, tiny_model_dir, run_id="serve2",
+                                       tracking_uri=params.registry.tracking_uri, adapter_seed=1)
+        promote(second.params, "2", force=True)
+        seen = {}
+        deadline = time.monotonic() + 60
+        while "fitsense-coach-student/2" not in seen and time.monotonic() < deadline:
+            resp = _create(client, queries[0], max_tokens=4)
+            seen[resp.model] = resp.system_fingerprint
+        assert set(seen) == {"fitsense-coach-student/1", "fitsense-coach-student/2"} or \
+            set(seen) == {"fitsense-coach-student/2"}
+        assert seen["fitsense-coach-student/2"] != first.system_fingerprint  # the new adapter answered
+        service.flush_log()
+        rows = service.log.rows()
+    promote(second.params, "1", force=True)  # leave champion where the other tests expect it
+    assert {r["model_version"] for r in rows} <= {"fitsense-coach-student/1", "fitsense-coach-student/2"}
+
+
+def test_cli_serve_with_a_model_uri_that_does_not_resolve_is_a_one_line_error(registered, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fitsense.app.cli import app
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"registry": {"tracking_uri": registered.params.registry.tracking_uri}}))
+    result = CliRunner().invoke(app, ["serve", "--params", str(params_file), "--model-uri",
+                                      "models:/fitsense-coach-student@nope"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "models:/fitsense-coach-student@nope" in lines[0] and "does not resolve" in lines[0]
+
+
+def test_cli_ask_prints_the_answer_and_the_model_version(registered, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fitsense.app.cli import app
+
+    params = serving_params(registered)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["ask", RED_FLAG, "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    assert "fitsense-coach-student/1" in result.stdout and "referral_required" in result.stdout
