@@ -221,17 +221,20 @@ def ask(
 
 @teacher_app.command("from-inference-log")
 def teacher_from_inference_log(
-    out: Annotated[Path, typer.Option(help="queries file to write")] = Path("inference_queries.jsonl"),
+    run_id: RunIdOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="write here instead of the run's queries/queries.jsonl")] = None,
     url: Annotated[Optional[str], typer.Option(help="inference log URL (default: serving.log_url)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="at most this many queries")] = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Turn logged serving requests (fallbacks first) into queries for the next teacher capture."""
-    from fitsense.registry.serving.inference_log import default_log_url, export_queries
+    """Turn logged serving requests (fallbacks first) into the queries of a run, for the next teacher capture."""
+    from fitsense.registry.serving.inference_log import default_log_url, export_queries, export_to_run
 
-    p = _params(params, set_)
-    typer.echo(json.dumps(export_queries(url or default_log_url(p), out, limit), indent=2))
+    ctx = _context(params, run_id, set_)
+    url = url or default_log_url(ctx.params)
+    result = export_queries(url, out, limit) if out else export_to_run(ctx, url, limit)
+    typer.echo(json.dumps(result, indent=2))
 
 @app.command()
 def ui(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, port: int = 5000) -> None:

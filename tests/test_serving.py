@@ -271,3 +271,29 @@ def test_cli_ask_prints_the_answer_and_the_model_version(registered, tmp_path):
     result = CliRunner().invoke(app, ["ask", RED_FLAG, "--params", str(params_file)])
     assert result.exit_code == 0, result.output
     assert "fitsense-coach-student/1" in result.stdout and "referral_required" in result.stdout
+
+
+def test_cli_turns_the_inference_log_into_a_runs_queries(server, registered, queries, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fitsense.app.cli import app
+
+    base_url, service = server
+    _create(_sdk(base_url), queries[4])
+    service.flush_log()
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"run": {"artifacts_dir": str(tmp_path / "artifacts")}}))
+    result = CliRunner().invoke(app, ["teacher", "from-inference-log", "--run-id", "round2", "--params",
+                                      str(params_file), "--url", str(service.log.engine.url)])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "artifacts" / "round2" / "queries"
+    assert json.loads(result.stdout)["queries"] >= 1 and (written / "manifest.json").exists()
+    assert any(json.loads(line)["messages"][-1]["content"] == queries[4].messages[-1].content
+               for line in (written / "queries.jsonl").read_text().splitlines())
+
+
+def test_fallback_off_survives_yaml():
+    from fitsense.config import load_params
+
+    assert load_params(None, ["serving.fallback=off"]).serving.fallback == "off"  # YAML reads `off` as false

@@ -34,7 +34,7 @@ from sqlalchemy import (
 
 from fitsense.config import Params
 from fitsense.records import QueryConstraints
-from fitsense.runs import write_jsonl
+from fitsense.runs import RunContext, write_jsonl, write_manifest
 
 DEFAULT_LOG_NAME = "inference.sqlite"
 
@@ -154,3 +154,12 @@ def export_queries(url: str, out_path: str | Path, limit: int | None = None) -> 
     write_jsonl(out_path, records)
     return {"queries": len(records), "fallbacks": sum(r["source"]["fallback"] for r in records),
             "path": str(out_path), "logged_requests": len(rows)}
+
+
+def export_to_run(ctx: RunContext, url: str, limit: int | None = None) -> dict:
+    """``export_queries`` into ``ctx``'s ``queries/queries.jsonl``, so ``fitsense teacher capture --run-id`` reads them."""
+    path = ctx.stage_dir("queries") / "queries.jsonl"
+    summary = export_queries(url, path, limit)
+    write_manifest(ctx, "queries", {"queries": path}, rows={"queries": summary["queries"]},
+                   extra={"source": "inference_log", "fallbacks": summary["fallbacks"]})
+    return summary

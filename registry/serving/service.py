@@ -119,8 +119,7 @@ class CoachService:
         self.teacher = teacher
         self.log = inference_log
         self.screen = screen or load_screen()
-        self.current: Answerer | None = None
-        self.ref: ModelRef | None = None
+        self._loaded: tuple[Answerer, ModelRef] | None = None  # swapped as one value: never a mixed pair
         self.batcher = MicroBatcher(self._run_batch, self.cfg.max_batch_size, self.cfg.max_wait_ms)
         self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-log")
         self._reloader: asyncio.Task | None = None
@@ -130,7 +129,15 @@ class CoachService:
     def load(self) -> None:
         """Resolve the URI and load its version (blocking; a URI that does not resolve raises ``ModelUriError``)."""
         ref = resolve_model_uri(self.params, self.model_uri)
-        self.current, self.ref = self.loader(self.params, ref), ref
+        self._loaded = (self.loader(self.params, ref), ref)
+
+    @property
+    def current(self) -> Answerer | None:
+        return self._loaded[0] if self._loaded else None
+
+    @property
+    def ref(self) -> ModelRef | None:
+        return self._loaded[1] if self._loaded else None
 
     @property
     def model_id(self) -> str:
@@ -144,7 +151,7 @@ class CoachService:
                 return False
             answerer = await asyncio.to_thread(self.loader, self.params, ref)
             old = self.model_id
-            self.current, self.ref = answerer, ref  # batches already running keep the version they took
+            self._loaded = (answerer, ref)  # batches already running keep the version they took
             log.info("serving %s (was %s)", ref.model_id, old)
             return True
 
@@ -174,7 +181,7 @@ class CoachService:
             self.log.close()
 
     def _run_batch(self, requests: list[ServeRequest]) -> list[tuple[Answerer, ModelRef, ServeAnswer]]:
-        answerer, ref = self.current, self.ref  # once per batch: no batch mixes versions
+        answerer, ref = self._loaded  # once per batch: no batch mixes versions
         return [(answerer, ref, a) for a in answerer.answer_batch(requests)]
 
     # --- one request ----------------------------------------------------------------------------------------
@@ -207,11 +214,12 @@ class CoachService:
     async def _answer(self, request: ServeRequest) -> ServedAnswer:
         decision = self.screen.screen(request)
         if decision.refer:
+            answerer, ref = self._loaded
             answer = referral_answer(decision)
             violations = check_answer(answer, request.constraints) if request.constraints else []
-            return ServedAnswer(text=answer.to_json(), model_id=self.model_id, fingerprint=self.ref.fingerprint,
+            return ServedAnswer(text=answer.to_json(), model_id=ref.model_id, fingerprint=ref.fingerprint,
                                 screen=decision, student=Check(True, violations, answer),
-                                prompt_tokens=self.current.prompt_tokens(request.messages), completion_tokens=0,
+                                prompt_tokens=answerer.prompt_tokens(request.messages), completion_tokens=0,
                                 decoding="screen")
         try:
             answerer, ref, generated = await asyncio.wait_for(self.batcher.submit(request), self.cfg.timeout_s)
