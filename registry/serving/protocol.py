@@ -44,16 +44,18 @@ class ScreenDecision:
         return "refer" if self.refer else "pass"
 
 
+class Screen(Protocol):
+    def screen(self, request: ServeRequest) -> ScreenDecision: ...
+
+
 class Answerer(Protocol):
-    """One loaded model version."""
+    """One loaded model version, with the safety screen that ships with it."""
 
     version: str  # the registered model version, e.g. "3"
     fingerprint: str  # the adapter digest (sha256 of the adapter folder)
+    screen: Screen
 
     def answer_batch(self, requests: list[ServeRequest]) -> list[ServeAnswer]: ...
 
     def prompt_tokens(self, messages: list[dict]) -> int: ...
 
-
-class Screen(Protocol):
-    def screen(self, request: ServeRequest) -> ScreenDecision: ...

@@ -10,6 +10,7 @@ and OR it with these rules; until then every version is screened by the rules.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from fitsense.plan import CoachAnswer, SafetyBlock
 from fitsense.registry.serving.protocol import ScreenDecision, ServeRequest
@@ -51,6 +52,7 @@ def referral_answer(decision: ScreenDecision) -> CoachAnswer:
                        safety=SafetyBlock(flags=list(decision.flags), referral_required=True, reason=decision.reason))
 
 
-def load_screen(model_dir=None) -> RuleScreen:
-    """The screen for a model version (``model_dir``: its downloaded artifacts); the rule list for now."""
+def load_screen(model_dir: Path, flavor: dict) -> RuleScreen:
+    """The screen that ships with a model version (``model_dir``: its downloaded artifacts, ``flavor``: its
+    python_function flavor, whose ``artifacts`` would name a trained screen); the rule list until one does."""
     return RuleScreen()

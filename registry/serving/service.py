@@ -22,8 +22,8 @@ from fitsense.errors import UserError
 from fitsense.plan import AnswerParseError, CoachAnswer, extract_json_text, parse_coach_answer
 from fitsense.registry.serving.batching import MicroBatcher
 from fitsense.registry.serving.inference_log import InferenceLog, LogRow
-from fitsense.registry.serving.protocol import Answerer, Screen, ScreenDecision, ServeAnswer, ServeRequest
-from fitsense.registry.serving.screen import load_screen, referral_answer
+from fitsense.registry.serving.protocol import Answerer, ScreenDecision, ServeAnswer, ServeRequest
+from fitsense.registry.serving.screen import referral_answer
 from fitsense.registry.serving.student import ModelRef, default_model_uri, load_version, resolve_model_uri
 
 log = logging.getLogger(__name__)
@@ -111,14 +111,13 @@ def make_fallback_teacher(params: Params):
 class CoachService:
     def __init__(self, params: Params, model_uri: str | None = None,
                  loader: Callable[[Params, ModelRef], Answerer] = load_version, teacher=None,
-                 inference_log: InferenceLog | None = None, screen: Screen | None = None):
+                 inference_log: InferenceLog | None = None):
         self.params = params
         self.cfg = params.serving
         self.model_uri = model_uri or default_model_uri(params)
         self.loader = loader
         self.teacher = teacher
         self.log = inference_log
-        self.screen = screen or load_screen()
         self._loaded: tuple[Answerer, ModelRef] | None = None  # swapped as one value: never a mixed pair
         self.batcher = MicroBatcher(self._run_batch, self.cfg.max_batch_size, self.cfg.max_wait_ms)
         self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-log")
@@ -212,9 +211,9 @@ class CoachService:
         return served
 
     async def _answer(self, request: ServeRequest) -> ServedAnswer:
-        decision = self.screen.screen(request)
+        answerer, ref = self._loaded
+        decision = answerer.screen.screen(request)  # each version ships (or defaults) its own screen
         if decision.refer:
-            answerer, ref = self._loaded
             answer = referral_answer(decision)
             violations = check_answer(answer, request.constraints) if request.constraints else []
             return ServedAnswer(text=answer.to_json(), model_id=ref.model_id, fingerprint=ref.fingerprint,

@@ -21,7 +21,8 @@ from fitsense.config import Params
 from fitsense.errors import LineageError
 from fitsense.evaluation.generate import generate_answers
 from fitsense.registry.register import UnknownVersionError, resolve_version
-from fitsense.registry.serving.protocol import ServeAnswer, ServeRequest
+from fitsense.registry.serving.protocol import Screen, ServeAnswer, ServeRequest
+from fitsense.registry.serving.screen import load_screen
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ def _base_model_path(config: dict, params: Params) -> Path:
 class StudentAnswerer:
     """One registered version, loaded: raw greedy decoding in batches."""
 
-    def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path):
+    def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path, screen: Screen):
         self.ref = ref
+        self.screen = screen
         self.version = ref.version
         self.fingerprint = ref.fingerprint
         self.model_dir = model_dir
@@ -137,4 +139,4 @@ def load_version(params: Params, ref: ModelRef) -> StudentAnswerer:
     model, tokenizer = load_student(base, adapter, device=params.training.device, precision=params.serving.precision)
     model = model.merge_and_unload()
     log.info("loaded %s (adapter %s) from %s", ref.model_id, ref.fingerprint[:12], base)
-    return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir)
+    return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir, load_screen(model_dir, flavor))
