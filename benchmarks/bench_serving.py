@@ -56,7 +56,7 @@ def register(root: Path, model: str, overrides: list[str]):
         f"run.artifacts_dir={root}/artifacts", "run.run_id=bench-serving", f"teacher.cache_dir={root}/teacher-cache",
         f"registry.tracking_uri=sqlite:///{root}/mlruns.db", f"registry.artifact_location={root}/mlartifacts",
         f"training.base_model={model}", "training.device=cpu", "serving.fallback=offline",
-        f"serving.log_url=sqlite:///{root}/inference.sqlite", *overrides])
+        f"serving.log_url=sqlite:///{root}/inference.sqlite", "serving.timeout_s=3600", *overrides])
     ctx = RunContext.create(params)
     for stage in DATA_STAGES:
         run_stage(ctx, stage)
