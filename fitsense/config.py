@@ -213,6 +213,13 @@ class RegistryConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
+class DvcConfig(_Section):
+    """What ``fitsense run`` and the Airflow DAG do for the DVC pipeline's run (see app/dvcsync.py)."""
+
+    push: bool = True  # push the recorded outputs to the DVC remote (a failed push only warns)
+    remote: str | None = None  # a remote named in .dvc/config; None = its default remote
+
+
 class Params(_Section):
     seed: int = Field(default=42, ge=0)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -224,6 +231,7 @@ class Params(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    dvc: DvcConfig = Field(default_factory=DvcConfig)
 
     def section_hash(self, *keys: str) -> str:
         """Stable hash of the named sections or dotted keys (all when none), for fingerprints and lineage."""
