@@ -59,11 +59,8 @@ def test_main_job_is_recorded_pushed_and_restored_in_a_second_clone(tmp_path, ti
 
     # DVC is in step: nothing to rerun, and the run already pushed everything.
     assert _dvc_status(project, env) == {}
-    assert "Running stage" not in _sh(project, env, "dvc", "repro").stdout
-    remote = Path(env["HOME"]) / REMOTE
-    assert any(remote.rglob("*")), "the run pushed nothing to the default remote"
-    assert _sh(project, env, "dvc", "status", "--cloud", "--json").stdout.strip() in ("", "{}")
-    _sh(project, env, "dvc", "push")
+    assert any((Path(env["HOME"]) / REMOTE).rglob("*")), "the run pushed nothing to the default remote"
+    assert "Everything is up to date" in _sh(project, env, "dvc", "push").stdout
     _sh(project, env, "git", "add", "dvc.lock")
     _sh(project, env, "git", *GIT_USER, "commit", "-qm", "pipeline run")
     recorded_at = _sh(project, env, "git", "rev-parse", "HEAD").stdout.strip()
@@ -75,7 +72,8 @@ def test_main_job_is_recorded_pushed_and_restored_in_a_second_clone(tmp_path, ti
     run_dir = Path("artifacts") / params["run"]["run_id"]
     original = _files(project / run_dir / "dataset")
     assert original and _files(clone / run_dir / "dataset") == original
-    assert _files(clone / run_dir / "quality") == _files(project / run_dir / "quality")
+    pulled, built = _files(clone / run_dir / "quality"), _files(project / run_dir / "quality")
+    assert {"gate.json", "report.md", "stats.json"} <= set(pulled) and all(built[k] == v for k, v in pulled.items())
     assert "Running stage" not in _sh(clone, env, "dvc", "repro").stdout
 
     # The registered version says how to restore its exact dataset; the printed command works.
@@ -163,3 +161,28 @@ def test_the_dvc_pipelines_run_is_params_yaml_exactly(tmp_path):
     assert reason(**{"dvc.push": False}) is None  # dvc.yaml does not read it
     assert "training.lora.r" in reason(**{"training.lora.r": 4})
     assert "'exp1'" in reason("exp1")
+
+
+def test_lineage_finds_the_commit_that_records_the_dataset(tmp_path):
+    from fitsense.registry.lineage import restore_commands
+
+    env = _env()
+    tags = {"dvc_dataset_path": "artifacts/default/dataset", "dvc_dataset_hash": "0123abcd.dir",
+            "dvc_quality_paths": "artifacts/default/quality/gate.json", "git_commit": "c0de", "pipeline_run_id": "default"}
+    _sh(tmp_path, env, "git", "init", "-q")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    _sh(tmp_path, env, "git", "add", "dvc.lock")
+    _sh(tmp_path, env, "git", *GIT_USER, "commit", "-qm", "before the run")
+    pending = restore_commands(tags, tmp_path)
+    assert pending["git_commit"] is None and "git add dvc.lock" in pending["note"]
+
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {dataset: {outs: [{md5: 0123abcd.dir}]}}\n")
+    _sh(tmp_path, env, "git", *GIT_USER, "commit", "-qam", "the run")
+    commit = _sh(tmp_path, env, "git", "rev-parse", "HEAD").stdout.strip()
+    restore = restore_commands(tags, tmp_path)
+    assert restore["commands"] == [f"git checkout {commit}",
+                                   "dvc pull artifacts/default/dataset artifacts/default/quality/gate.json"]
+    assert restore["get_command"].startswith(f"dvc get . artifacts/default/dataset --rev {commit}")
+
+    experiment = restore_commands({"pipeline_run_id": "exp1", "run_dir": "/x/artifacts/exp1"}, tmp_path)
+    assert not experiment["recorded"] and "exp1" in experiment["note"]
