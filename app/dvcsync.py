@@ -130,8 +130,9 @@ def push_stages(root: Path, stages: list[str], remote: str | None = None) -> boo
             pushed = repo.push(targets=stages, remote=name)
     except Exception as exc:  # noqa: BLE001  each remote's filesystem raises its own errors (OSError, botocore, ...)
         where = f"DVC remote {name!r}" + (f" ({url})" if url else "")
+        later = f"dvc push -r {remote}" if remote else "dvc push"
         log.warning("could not push to %s: %s; outputs are recorded in dvc.lock and the local DVC cache: "
-                    "push them later with `dvc push -r %s`", where, _one_line(exc), name)
+                    "push them later with `%s` (remotes: `dvc remote list`)", where, _one_line(exc), later)
         return False
     log.info("pushed %d new files of %s to DVC remote %r (%s)", pushed, ", ".join(stages), name, url)
     return True
