@@ -415,6 +415,11 @@ def audit_answer(answer: CoachAnswer, query: CoachingQuery) -> list[RuleResult]:
     return [RuleResult(rule.name, *rule.check(answer, query)) for rule in RULES]
 
 
+def audit_verdicts(answer: CoachAnswer, query: CoachingQuery) -> dict[str, bool | None]:
+    """Rule name -> passed (None: not applicable): one row of an audit table."""
+    return {r.rule: r.passed for r in audit_answer(answer, query)}
+
+
 def audit_passed(results: list[RuleResult]) -> bool:
     """No rule failed (rules that do not apply count as passed)."""
     return all(r.passed is not False for r in results)
