@@ -110,7 +110,7 @@ def uncovered_groups(answer: CoachAnswer, constraints: QueryConstraints) -> dict
     out = {}
     for group in PATTERN_GROUPS:
         if group not in present:
-            out[group] = "possible" if group in possible and room else "ruled_out" if group not in possible else "no_room"
+            out[group] = "ruled_out" if group not in possible else "possible" if room else "no_room"
     return out
 
 
@@ -129,6 +129,10 @@ def stall_swap_note(old: str, new: str) -> str:
 
 def drop_note(name: str, reason: str) -> str:
     return f"dropped {name}: {reason}"
+
+
+def add_note(name: str, group: str) -> str:
+    return f"added {name} ({group})"
 
 
 def gap_note(group: str, why: str) -> str:
@@ -167,6 +171,7 @@ _CLAIMS: dict[str, re.Pattern] = {k: re.compile(p, re.I) for k, p in {
     "swap": r"swapped (?P<old>.+?) for (?P<new>.+?)",
     "stall_swap": r"(?P<old>.+?) stalled, switched to (?P<new>.+?)",
     "drop": r"dropped (?P<name>.+?)(?:: .*| to fit .*)?",
+    "add": r"added (?P<new>.+?)(?: \((?P<why>[^)]*)\))?",
     "reps": r"\+(?P<n>\d+) reps? on (?P<name>.+?)",
     "sets": r"\+(?P<n>\d+) sets? on (?P<name>.+?)",
     "target": r"new rep target (?P<n>\d+) on (?P<name>.+?)",
@@ -224,7 +229,10 @@ def _seconds(exercises: Iterable[PlannedExercise]) -> int:
 def _claim_holds(claim: Claim, old: dict, new: dict, c: QueryConstraints) -> str | None:
     """None when the claim matches the change from ``old`` to ``new`` (per-day dicts), else why not."""
     f = claim.fields
-    both = lambda name: [(old[d][name], new[d][name]) for d in old if name in old[d] and name in new.get(d, {})]  # noqa: E731
+
+    def both(name: str) -> list[tuple[PlannedExercise, PlannedExercise]]:
+        return [(old[d][name], new[d][name]) for d in old if name in old[d] and name in new.get(d, {})]
+
     if claim.kind in ("swap", "stall_swap"):
         a, b = f["old"], f["new"]
         if not any(a in old[d] and a not in new.get(d, {}) and b in new.get(d, {}) and b not in old[d] for d in old):
@@ -234,6 +242,9 @@ def _claim_holds(claim: Claim, old: dict, new: dict, c: QueryConstraints) -> str
         if ea and eb and not same_pattern and ea.primary_muscle != eb.primary_muscle:
             return f"swap {a} -> {b} keeps neither the movement pattern nor the primary muscle"
         return None
+    if claim.kind == "add":
+        ok = any(f["new"] in new.get(d, {}) and f["new"] not in old[d] for d in old)
+        return None if ok else f"claims {f['new']} was added, but no day gained it"
     if claim.kind == "drop":
         ok = any(f["name"] in old[d] and f["name"] not in new.get(d, {}) for d in old)
         return None if ok else f"claims {f['name']} was dropped, but no day lost it"
@@ -279,7 +290,7 @@ def _notes_match_change(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool
     if not current or rebuilt or len(current.get("days", [])) != len(answer.days):
         if change_claims:
             return False, f"claims changes ({change_claims[0].kind}) to a plan that has no comparable before"
-        return None if not rebuilt else True, "a new plan: no before to compare" if not rebuilt else "rebuilt as stated"
+        return (True, "rebuilt as stated") if rebuilt else (None, "a new plan: no before to compare")
     try:
         old = _by_day(CoachAnswer.model_validate(current).days)
     except ValueError:
@@ -291,7 +302,7 @@ def _notes_match_change(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool
             return False, why
     removed_named = {cl.fields.get("old") or cl.fields.get("name") for cl in change_claims
                      if cl.kind in ("swap", "stall_swap", "drop")}
-    added_named = {cl.fields["new"] for cl in change_claims if cl.kind in ("swap", "stall_swap")}
+    added_named = {cl.fields["new"] for cl in change_claims if cl.kind in ("swap", "stall_swap", "add")}
     for d in old:
         for name in old[d]:
             if name not in new.get(d, {}) and name not in removed_named:
@@ -352,16 +363,23 @@ def weekly_hard_sets(answer: CoachAnswer) -> dict[str, int]:
     return out
 
 
+def weekly_set_range(goal: str, experience: str) -> tuple[int, int]:
+    lo, hi = WEEKLY_HARD_SETS[goal]
+    return (min(lo, NOVICE_MIN_WEEKLY_SETS) if experience == "beginner" else lo), hi
+
+
+def trainable_groups(constraints: QueryConstraints) -> list[str]:
+    """Major muscle groups some usable compound lift trains (accessories add sets but create no duty)."""
+    usable = usable_exercises(constraints.available_equipment, constraints.avoid_exercises)
+    return [g for g, ms in MAJOR_MUSCLES.items() if any(e.primary_muscle in ms and e.compound for e in usable)]
+
+
 def _weekly_volume(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool | None, str]:
     if not answer.days:
         return None, "no plan"
     c, goal = query.constraints, query.context.primary_goal
-    lo, hi = WEEKLY_HARD_SETS[goal]
-    if query.context.profile.experience == "beginner":
-        lo = min(lo, NOVICE_MIN_WEEKLY_SETS)
-    usable = usable_exercises(c.available_equipment, c.avoid_exercises)
-    # groups some usable compound lift trains (accessories count towards the sets, but create no duty)
-    trainable = [g for g, ms in MAJOR_MUSCLES.items() if any(e.primary_muscle in ms and e.compound for e in usable)]
+    lo, hi = weekly_set_range(goal, query.context.profile.experience)
+    trainable = trainable_groups(c)
     per_session = min(c.max_exercises_per_day * BUDGET_SETS_PER_EXERCISE, c.session_minutes * 60 // MIN_SET_SECONDS)
     capacity = len(answer.days) * per_session
     if capacity < lo * len(trainable) or len(answer.days) * c.max_exercises_per_day < len(trainable):

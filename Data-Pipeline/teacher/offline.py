@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from fitsense import audit
 from fitsense.catalogue import BY_NAME, CATALOGUE, CONDITIONS, usable_exercises
-from fitsense.constraints import session_seconds
+from fitsense.constraints import WORK_SECONDS_PER_SET, session_seconds
 from fitsense.data import planning
 from fitsense.errors import InputDataError
 from fitsense.plan import CoachAnswer, PlanDay, PlannedExercise, SafetyBlock
@@ -59,6 +59,8 @@ class _Changes:
 
     swaps: list[tuple[str, str]] = field(default_factory=list)
     drops: list[tuple[str, str]] = field(default_factory=list)
+    added: list[tuple[str, str]] = field(default_factory=list)  # (exercise, the pattern it brings back)
+    more_sets: dict[tuple[int, str], int] = field(default_factory=dict)  # (day, exercise) -> sets added
     trimmed: bool = False
 
     def swap(self, old: str, new: str) -> None:
@@ -69,8 +71,17 @@ class _Changes:
         if (name, reason) not in self.drops:
             self.drops.append((name, reason))
 
-    def notes(self, minutes: int) -> list[str]:
+    def notes(self, minutes: int, before: CoachAnswer, after: CoachAnswer) -> list[str]:
+        """The notes for these changes; extra sets are stated as the difference from ``before``."""
         parts = [audit.swap_note(o, n) for o, n in self.swaps] + [audit.drop_note(n, r) for n, r in self.drops]
+        parts += [audit.add_note(n, g) for n, g in self.added]
+        old = {(d.day, e.name): e.sets for d in before.days for e in d.exercises}
+        new = {(d.day, e.name): e.sets for d in after.days for e in d.exercises}
+        stated = set()
+        for key in self.more_sets:
+            if key[1] not in stated and key in old and new.get(key, 0) > old[key]:
+                parts.append(audit.sets_note(new[key] - old[key], key[1]))
+                stated.add(key[1])
         return parts + ([audit.trim_note(minutes)] if self.trimmed else [])
 
 
@@ -141,44 +152,84 @@ def _pop_index(exercises: list[PlannedExercise], week: Counter, push_pull: list[
     return max(range(len(exercises)), key=key)
 
 
-def _conform(answer: CoachAnswer, query: CoachingQuery) -> tuple[CoachAnswer, _Changes]:
+def _fill_gaps(days: list[list[PlannedExercise]], usable: dict, query: CoachingQuery, changes: _Changes) -> None:
+    """Add an exercise for each major pattern the week misses although one fits, to the emptiest day
+    with room, dosed like that day's other work."""
+    c, goal = query.constraints, query.context.primary_goal
+    present = {audit.pattern_group(e.name) for d in days for e in d}
+    possible = audit.possible_groups(c)
+    if len(days) * c.max_exercises_per_day < len(possible):
+        return
+    for group in audit.PATTERN_GROUPS:
+        if group in present or group not in possible:
+            continue
+        roomy = [i for i, d in enumerate(days) if d and len(d) < c.max_exercises_per_day]
+        if not roomy:
+            return
+        i = min(roomy, key=lambda i: (len(days[i]), i))
+        day = days[i]
+        in_day = {x.name for x in day}
+        name = sorted((n for n in usable if audit.pattern_group(n) == group and n not in in_day),
+                      key=lambda n: (not usable[n].compound, n))[0]
+        low, high = audit.rep_range(goal, name) or (10, 10)
+        reps = min(max(sorted(e.reps for e in day)[len(day) // 2], low), high)
+        day.append(PlannedExercise(name=name, sets=max(2, min(e.sets for e in day)), reps=reps,
+                                   rir=min(5, max(c.rir_floor, min(e.rir for e in day))),
+                                   rest_s=max(e.rest_s for e in day)))
+        changes.added.append((name, group))
+        present.add(group)
+
+
+def _conform(answer: CoachAnswer, query: CoachingQuery,
+             origins: dict[tuple[int, str], str] | None = None) -> tuple[CoachAnswer, _Changes]:
     """Make a plan honour the constraints (substitute unusable exercises, RIR floor, limits, session
-    length) and record each swap and drop as it is made."""
+    length) and record each swap and drop as it is made, slot by slot. ``origins`` names what an
+    exercise stood for in the plan the notes compare with, (day, name) -> name, where a caller already
+    changed it (progress adaptation's stall switches)."""
     c, goal = query.constraints, query.context.primary_goal
     usable = {e.name: e for e in usable_exercises(c.available_equipment, c.avoid_exercises)}
     changes = _Changes()
+    origin: dict[tuple[int, str], str | None] = {}  # (day, name now) -> its name in the compared plan
     days: list[list[PlannedExercise]] = []
     for day in answer.days:
         exercises: list[PlannedExercise] = []
         taken = {e.name for e in day.exercises if e.name in usable}
         for ex in day.exercises:
+            was = (origins or {}).get((day.day, ex.name), ex.name)
             name, update = ex.name, {"rir": min(5, max(ex.rir, c.rir_floor))}
             if name not in usable:
                 name = _substitute(ex.name, usable, taken)
                 if name is None:
-                    changes.drop(ex.name, _no_substitute_reason(ex.name, query))
+                    changes.drop(was, _no_substitute_reason(ex.name, query))
                     continue
                 taken.add(name)
                 rng = audit.rep_range(goal, name)
                 update.update(name=name, reps=min(max(ex.reps, rng[0]), rng[1]) if rng else ex.reps)
             if any(e.name == name for e in exercises):
-                changes.drop(ex.name, "already in the session")
+                changes.drop(was, "already in the session")
                 continue
             if name != ex.name:
-                changes.swap(ex.name, name)
+                changes.swap(was, name)
+            origin[(day.day, name)] = was
             exercises.append(ex.model_copy(update=update))
         days.append(exercises)
 
+    _fill_gaps(days, usable, query, changes)
     week = Counter(audit.pattern_group(e.name) for d in days for e in d)
     push_pull = [sum(e.sets for d in days for e in d if BY_NAME[e.name].pattern in pats)
                  for pats in (audit.PUSH_PATTERNS, audit.PULL_PATTERNS)]
 
-    def pop(exercises: list[PlannedExercise], why: str, index: int | None = None) -> None:
+    def pop(day_no: int, exercises: list[PlannedExercise], why: str, index: int | None = None) -> None:
         gone = exercises.pop(_pop_index(exercises, week, push_pull) if index is None else index)
         week[audit.pattern_group(gone.name)] -= 1
         for side, pats in enumerate((audit.PUSH_PATTERNS, audit.PULL_PATTERNS)):
             push_pull[side] -= gone.sets if BY_NAME[gone.name].pattern in pats else 0
-        changes.drop(gone.name, why)
+        was = origin.get((day_no, gone.name))
+        if was is None:  # added here, so never in the compared plan: it just is not added after all
+            changes.added = [a for a in changes.added if a[0] != gone.name or any(
+                e.name == gone.name for d in days for e in d)]
+        else:
+            changes.drop(was, why)
 
     # The week's push and pull sets within the audit's ratio: drop from the heavier side what the
     # week trains elsewhere too, from the day heaviest on that side.
@@ -190,12 +241,12 @@ def _conform(answer: CoachAnswer, query: CoachingQuery) -> tuple[CoachAnswer, _C
         if not spare:
             break
         _, i, j = max(spare)
-        pop(days[i], "to balance pushing and pulling", index=j)
+        pop(answer.days[i].day, days[i], "to balance pushing and pulling", index=j)
 
     out = []
     for day, exercises in zip(answer.days, days):
         while len(exercises) > c.max_exercises_per_day:
-            pop(exercises, f"to fit {c.max_exercises_per_day} exercises a session")
+            pop(day.day, exercises, f"to fit {c.max_exercises_per_day} exercises a session")
         budget = c.session_minutes * 60
         # Fit the session: shorten rests, then drop sets, then drop exercises.
         while exercises and _seconds(exercises) > budget:
@@ -205,7 +256,7 @@ def _conform(answer: CoachAnswer, query: CoachingQuery) -> tuple[CoachAnswer, _C
             elif max(e.sets for e in exercises) > 2:
                 exercises = [e.model_copy(update={"sets": max(2, e.sets - 1)}) for e in exercises]
             elif len(exercises) > 1:
-                pop(exercises, f"to fit {c.session_minutes} minutes")
+                pop(day.day, exercises, f"to fit {c.session_minutes} minutes")
             elif exercises[0].sets > 1:
                 exercises[0] = exercises[0].model_copy(update={"sets": exercises[0].sets - 1})
             else:
@@ -213,8 +264,34 @@ def _conform(answer: CoachAnswer, query: CoachingQuery) -> tuple[CoachAnswer, _C
         if not exercises:  # everything was unusable: fall back to anything safe for this person
             fallback = sorted(usable)[:1]
             exercises = [PlannedExercise(name=n, sets=2, reps=10, rir=max(2, c.rir_floor), rest_s=60) for n in fallback]
+            changes.added += [(n, "the one safe option left") for n in fallback]
         out.append(PlanDay(day=day.day, name=day.name, exercises=exercises))
+    _top_up_volume(out, {n for n, _ in changes.added}, query, changes)
     return answer.model_copy(update={"days": out}), changes
+
+
+def _top_up_volume(days: list[PlanDay], added: set[str], query: CoachingQuery, changes: _Changes) -> None:
+    """A set more on a group's exercises, where the session has time, until every trainable major
+    muscle group reaches the goal's weekly minimum."""
+    c, ctx = query.constraints, query.context
+    low = audit.weekly_set_range(ctx.primary_goal, ctx.profile.experience)[0]
+    have = audit.weekly_hard_sets(CoachAnswer(plan_name="-", days=days))
+    sides = (audit.PUSH_PATTERNS, audit.PULL_PATTERNS)
+    push_pull = [sum(e.sets for d in days for e in d.exercises if BY_NAME[e.name].pattern in p) for p in sides]
+    for group in audit.trainable_groups(c):
+        for day in days:
+            for i, e in enumerate(day.exercises):
+                fits = _seconds(day.exercises) + WORK_SECONDS_PER_SET + e.rest_s <= c.session_minutes * 60
+                side = next((k for k, p in enumerate(sides) if BY_NAME[e.name].pattern in p), None)
+                balanced = side is None or push_pull[side] + 1 <= audit.MAX_PUSH_PULL_RATIO * push_pull[1 - side]
+                if (have[group] < low and audit.muscle_group(e.name) == group and e.rir <= audit.HARD_SET_MAX_RIR
+                        and e.sets < MAX_SETS and fits and balanced):
+                    day.exercises[i] = e.model_copy(update={"sets": e.sets + 1})
+                    have[group] += 1
+                    if side is not None:
+                        push_pull[side] += 1
+                    if e.name not in added:
+                        changes.more_sets[(day.day, e.name)] = changes.more_sets.get((day.day, e.name), 0) + 1
 
 
 def _notes_join(parts: list[str], fallback: str) -> str:
@@ -233,8 +310,9 @@ def _modify(query: CoachingQuery) -> CoachAnswer:
     c, current = query.constraints, query.context.current_plan
     if not current or len(current["days"]) != c.days_per_week:
         return _with_notes(_fresh_plan(query), query, [audit.rebuilt_note(c.days_per_week, "your new schedule")], "")
-    answer, changes = _conform(CoachAnswer.model_validate(current), query)
-    notes = changes.notes(c.session_minutes)
+    before = CoachAnswer.model_validate(current)
+    answer, changes = _conform(before, query)
+    notes = changes.notes(c.session_minutes, before, answer)
     if len("; ".join(notes)) > NOTES_BUDGET:  # too much changed to list: a fresh plan serves better
         return _with_notes(_fresh_plan(query), query, [audit.rebuilt_note(c.days_per_week, "your new limits")], "")
     return _with_notes(answer, query, notes, audit.KEPT_NOTE)
@@ -264,6 +342,7 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
     usable = {e.name: e for e in usable_exercises(c.available_equipment, c.avoid_exercises)}
     trends = {t.name: t.trend for t in ctx.recent_trends}
     stall_swaps: dict[str, str] = {}
+    origins: dict[tuple[int, str], str] = {}
     days = []
     for day in plan.days:
         names = {e.name for e in day.exercises}
@@ -280,6 +359,7 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
                 swap = _substitute(ex.name, usable, names, same_pattern=True)
                 if swap and BY_NAME[ex.name].compound:
                     stall_swaps.setdefault(ex.name, swap)
+                    origins[(day.day, swap)] = ex.name
                     names.add(swap)
                     rng = audit.rep_range(ctx.primary_goal, swap)
                     ex = ex.model_copy(update={"name": swap,
@@ -291,7 +371,7 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
                 ex = ex.model_copy(update={"sets": max(min(2, ex.sets), ex.sets - 1), "rir": min(5, ex.rir + 1)})
             exercises.append(ex)
         days.append(day.model_copy(update={"exercises": exercises}))
-    answer, changes = _conform(plan.model_copy(update={"days": days}), query)
+    answer, changes = _conform(plan.model_copy(update={"days": days}), query, origins)
     parts = []
     before = {(d.day, e.name): e for d in plan.days for e in d.exercises}
     after = {(d.day, e.name): e for d in answer.days for e in d.exercises}
@@ -303,7 +383,7 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
         note = next((n for n in (_progress_note(t.trend, t.name, a, b) for a, b in pairs) if n), None)
         if note:
             parts.append(note)
-    return _with_notes(answer, query, parts + changes.notes(c.session_minutes), "Keep going as planned")
+    return _with_notes(answer, query, parts + changes.notes(c.session_minutes, plan, answer), "Keep going as planned")
 
 
 def _referral(query: CoachingQuery) -> CoachAnswer:
@@ -332,8 +412,9 @@ def _safety(query: CoachingQuery) -> CoachAnswer:
         flags.append("monitor_symptom")
         parts.append("mild symptom: train as planned, stop if it worsens")
     if ctx.current_plan and len(ctx.current_plan["days"]) == query.constraints.days_per_week:
-        answer, changes = _conform(CoachAnswer.model_validate(ctx.current_plan), query)
-        parts += changes.notes(query.constraints.session_minutes)
+        before = CoachAnswer.model_validate(ctx.current_plan)
+        answer, changes = _conform(before, query)
+        parts += changes.notes(query.constraints.session_minutes, before, answer)
     else:
         answer = _fresh_plan(query)
     answer = _with_notes(answer, query, parts, "Adjusted for safety")
