@@ -334,9 +334,11 @@ def _weekly_sets(answer: CoachAnswer, patterns: tuple[str, ...]) -> int:
 def _push_pull_balance(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool | None, str]:
     if not answer.days:
         return None, "no plan"
-    possible = possible_groups(query.constraints)
+    c, possible = query.constraints, possible_groups(query.constraints)
     if not ({"horizontal push", "vertical push"} & possible and {"horizontal pull", "vertical pull"} & possible):
         return None, "the constraints rule out pushing or pulling"
+    if len(answer.days) * c.max_exercises_per_day < len(possible):
+        return None, "the week has too few exercise slots to balance"
     push, pull = _weekly_sets(answer, PUSH_PATTERNS), _weekly_sets(answer, PULL_PATTERNS)
     if push == pull == 0:
         return False, "no pushing or pulling sets in the week"

@@ -238,10 +238,21 @@ def _conform(answer: CoachAnswer, query: CoachingQuery,
         spare = [(sum(x.sets for x in d if BY_NAME[x.name].pattern in heavy), i, j) for i, d in enumerate(days)
                  for j, e in enumerate(d) if BY_NAME[e.name].pattern in heavy and week[audit.pattern_group(e.name)] > 1
                  and len(d) > 1]
-        if not spare:
+        if spare:
+            _, i, j = max(spare)
+            pop(answer.days[i].day, days[i], "to balance pushing and pulling", index=j)
+            continue
+        # nothing to spare on the heavy side: a set more on the light side, where the session has time
+        light = audit.PULL_PATTERNS if heavy == audit.PUSH_PATTERNS else audit.PUSH_PATTERNS
+        room = [(i, j) for i, d in enumerate(days) for j, e in enumerate(d) if BY_NAME[e.name].pattern in light
+                and e.sets < MAX_SETS and _seconds(d) + WORK_SECONDS_PER_SET + e.rest_s <= c.session_minutes * 60]
+        if not room:
             break
-        _, i, j = max(spare)
-        pop(answer.days[i].day, days[i], "to balance pushing and pulling", index=j)
+        i, j = room[0]
+        days[i][j] = days[i][j].model_copy(update={"sets": days[i][j].sets + 1})
+        push_pull[0 if light == audit.PUSH_PATTERNS else 1] += 1
+        key = (answer.days[i].day, days[i][j].name)
+        changes.more_sets[key] = changes.more_sets.get(key, 0) + 1
 
     out = []
     for day, exercises in zip(answer.days, days):
@@ -341,7 +352,9 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
     plan = CoachAnswer.model_validate(ctx.current_plan)
     usable = {e.name: e for e in usable_exercises(c.available_equipment, c.avoid_exercises)}
     trends = {t.name: t.trend for t in ctx.recent_trends}
-    stall_swaps: dict[str, str] = {}
+    stall_swaps: list[tuple[str, str]] = []  # (stalled, its variation), each distinct pair once
+    low_high = audit.weekly_set_range(ctx.primary_goal, ctx.profile.experience)
+    week_sets = audit.weekly_hard_sets(plan)
     origins: dict[tuple[int, str], str] = {}
     days = []
     for day in plan.days:
@@ -353,12 +366,15 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
             if trend == "progressing":
                 if ex.reps + 2 <= max(high, ex.reps):
                     ex = ex.model_copy(update={"reps": ex.reps + 2})
-                else:
+                elif week_sets.get(audit.muscle_group(ex.name), 0) < low_high[1]:  # within the weekly cap
                     ex = ex.model_copy(update={"sets": min(MAX_SETS, ex.sets + 1)})
+                    if audit.muscle_group(ex.name):
+                        week_sets[audit.muscle_group(ex.name)] += 1
             elif trend == "stalled":
                 swap = _substitute(ex.name, usable, names, same_pattern=True)
                 if swap and BY_NAME[ex.name].compound:
-                    stall_swaps.setdefault(ex.name, swap)
+                    if (ex.name, swap) not in stall_swaps:
+                        stall_swaps.append((ex.name, swap))
                     origins[(day.day, swap)] = ex.name
                     names.add(swap)
                     rng = audit.rep_range(ctx.primary_goal, swap)
@@ -376,8 +392,10 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
     before = {(d.day, e.name): e for d in plan.days for e in d.exercises}
     after = {(d.day, e.name): e for d in answer.days for e in d.exercises}
     for t in ctx.recent_trends:
-        if t.name in stall_swaps and any(k[1] == stall_swaps[t.name] for k in after):
-            parts.append(audit.stall_swap_note(t.name, stall_swaps[t.name]))
+        switched = [audit.stall_swap_note(old, new) for old, new in stall_swaps
+                    if old == t.name and any(k[1] == new for k in after)]
+        if switched:
+            parts += switched
             continue
         pairs = [(before[k], after[k]) for k in before if k[1] == t.name and k in after]
         note = next((n for n in (_progress_note(t.trend, t.name, a, b) for a, b in pairs) if n), None)
