@@ -73,16 +73,17 @@ class _Changes:
 
     def notes(self, minutes: int, before: CoachAnswer, after: CoachAnswer) -> list[str]:
         """The notes for these changes; extra sets are stated as the difference from ``before``."""
-        parts = [audit.swap_note(o, n) for o, n in self.swaps] + [audit.drop_note(n, r) for n, r in self.drops]
-        parts += [audit.add_note(n, g) for n, g in self.added]
+        parts = [audit.note("swap", old=o, new=n) for o, n in self.swaps]
+        parts += [audit.note("drop", name=n, why=r) for n, r in self.drops]
+        parts += [audit.note("add", new=n, why=g) for n, g in self.added]
         old = {(d.day, e.name): e.sets for d in before.days for e in d.exercises}
         new = {(d.day, e.name): e.sets for d in after.days for e in d.exercises}
         stated = set()
         for key in self.more_sets:
             if key[1] not in stated and key in old and new.get(key, 0) > old[key]:
-                parts.append(audit.sets_note(new[key] - old[key], key[1]))
+                parts.append(audit.note("sets", n=new[key] - old[key], name=key[1]))
                 stated.add(key[1])
-        return parts + ([audit.trim_note(minutes)] if self.trimmed else [])
+        return parts + ([audit.note("trim", n=minutes)] if self.trimmed else [])
 
 
 def _fresh_plan(query: CoachingQuery, days: int | None = None) -> CoachAnswer:
@@ -312,34 +313,35 @@ def _notes_join(parts: list[str], fallback: str) -> str:
 
 def _with_notes(answer: CoachAnswer, query: CoachingQuery, parts: list[str], fallback: str) -> CoachAnswer:
     """The answer with its notes: what changed, then each major pattern the week cannot train and why."""
-    gaps = [audit.gap_note(g, why) for g, why in audit.uncovered_groups(answer, query.constraints).items()
-            if why != "possible"]
+    gaps = [audit.note("gap", group=g, why=audit.GAP_REASONS[why])
+            for g, why in audit.uncovered_groups(answer, query.constraints).items() if why != "possible"]
     return answer.model_copy(update={"notes": _notes_join(parts + gaps if parts else [fallback] + gaps, fallback)})
 
 
 def _modify(query: CoachingQuery) -> CoachAnswer:
     c, current = query.constraints, query.context.current_plan
     if not current or len(current["days"]) != c.days_per_week:
-        return _with_notes(_fresh_plan(query), query, [audit.rebuilt_note(c.days_per_week, "your new schedule")], "")
+        return _with_notes(_fresh_plan(query), query, [audit.note("rebuilt", n=c.days_per_week, why="your new schedule")], "")
     before = CoachAnswer.model_validate(current)
     answer, changes = _conform(before, query)
     notes = changes.notes(c.session_minutes, before, answer)
     if len("; ".join(notes)) > NOTES_BUDGET:  # too much changed to list: a fresh plan serves better
-        return _with_notes(_fresh_plan(query), query, [audit.rebuilt_note(c.days_per_week, "your new limits")], "")
-    return _with_notes(answer, query, notes, audit.KEPT_NOTE)
+        return _with_notes(_fresh_plan(query), query, [audit.note("rebuilt", n=c.days_per_week, why="your new limits")], "")
+    return _with_notes(answer, query, notes, f"{audit.note('kept')}; it already fits your request")
 
 
 def _progress_note(trend: str, name: str, old: PlannedExercise, new: PlannedExercise) -> str | None:
     """The note for one trended exercise, from what actually changed between the old and new plan."""
     if trend == "progressing":
         if new.reps > old.reps:
-            return audit.reps_note(new.reps - old.reps, name)
+            return audit.note("reps", n=new.reps - old.reps, name=name)
         if new.sets > old.sets:
-            return audit.sets_note(new.sets - old.sets, name)
+            return audit.note("sets", n=new.sets - old.sets, name=name)
     elif trend == "stalled" and new.reps != old.reps:
-        return audit.target_note(new.reps, name)
+        return audit.note("target", n=new.reps, name=name)
     elif trend == "regressing" and (new.sets < old.sets or new.rir > old.rir):
-        return audit.deload_note(name, new.sets < old.sets, new.rir > old.rir)
+        what = ", ".join(w for w, on in (("fewer sets", new.sets < old.sets), ("more RIR", new.rir > old.rir)) if on)
+        return audit.note("deload", name=name, what=what)
     return None
 
 
@@ -392,7 +394,7 @@ def _adapt(query: CoachingQuery) -> CoachAnswer:
     before = {(d.day, e.name): e for d in plan.days for e in d.exercises}
     after = {(d.day, e.name): e for d in answer.days for e in d.exercises}
     for t in ctx.recent_trends:
-        switched = [audit.stall_swap_note(old, new) for old, new in stall_swaps
+        switched = [audit.note("stall_swap", old=old, new=new) for old, new in stall_swaps
                     if old == t.name and any(k[1] == new for k in after)]
         if switched:
             parts += switched
