@@ -13,9 +13,18 @@ the student is distilled towards:
   exercises; a new day count gets a new split);
 - progress adaptation: per logged trend, progressing -> +reps (or +1 set at the
   top of the range), stalled -> a new rep range or a variation of the same
-  pattern, regressing -> deload (one set fewer, +1 RIR);
+  pattern, regressing -> deload (one set fewer, never below two, +1 RIR);
 - safety: newly contraindicated exercises are removed and flagged; red-flag
   symptoms get a clinician referral and no plan.
+
+Conforming also keeps the week sound by the coaching rules of ``fitsense.audit``:
+a missing major pattern is added where a day has room, push and pull sets stay
+within the audit's ratio, and a major muscle group below the goal's weekly sets
+gets a set more where the session has time. The notes say what changed, in the
+audit's phrases: each swap and drop as it was made, slot by slot (a drop with
+its reason, "dropped Box Squat to Bench: no knee-safe squat without a bench"),
+progressions as the actual difference between the old and new plan, and each
+major pattern the week cannot train, with why.
 
 Answers are compact (2-5 days in practice, at most ``max_exercises_per_day``)
 because the student is trained on CPU.
@@ -24,7 +33,6 @@ because the student is trained on CPU.
 from __future__ import annotations
 
 import hashlib
-
 from collections import Counter
 from dataclasses import dataclass, field
 
