@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from fitsense.catalogue import BY_NAME, usable_exercises
-from fitsense.constraints import WORK_SECONDS_PER_SET, session_seconds
+from fitsense.constraints import WORK_SECONDS_PER_SET
 from fitsense.plan import CoachAnswer, PlanDay, PlannedExercise
 from fitsense.records import CoachingQuery, QueryConstraints
 
@@ -145,7 +145,10 @@ def _claim_pattern(template: str) -> re.Pattern:
     pattern = ""
     for part in re.split(r"(\{\w+\})", template):
         field = re.fullmatch(r"\{(\w+)\}", part)
-        pattern += (rf"(?P<{field[1]}>\d+)" if field[1] == "n" else rf"(?P<{field[1]}>.+?)") if field else re.escape(part)
+        if field:
+            pattern += rf"(?P<n>\d+)" if field[1] == "n" else rf"(?P<{field[1]}>.+?)"
+        else:
+            pattern += re.escape(part)
     pattern = pattern.replace("reps\\ on", "reps?\\ on").replace("sets\\ on", "sets?\\ on")
     for tail in (r"\ \((?P<why>.+?)\)", r"\ \((?P<what>.+?)\)", r":\ (?P<why>.+?)", r"\ to\ match\ (?P<why>.+?)"):
         if pattern.endswith(tail):
@@ -192,63 +195,86 @@ class Rule:
     check: Callable[[CoachAnswer, CoachingQuery], tuple[bool | None, str]]
 
 
-def _by_day(days: Iterable[PlanDay]) -> dict[int, dict[str, PlannedExercise]]:
+Days = dict[int, dict[str, PlannedExercise]]  # day number -> exercise name -> prescription
+
+
+def _by_day(days: Iterable[PlanDay]) -> Days:
     return {d.day: {e.name: e for e in d.exercises} for d in days}
 
 
-def _seconds(exercises: Iterable[PlannedExercise]) -> int:
-    return session_seconds((e.sets, e.rest_s) for e in exercises)
+def _both(name: str, old: Days, new: Days) -> list[tuple[PlannedExercise, PlannedExercise]]:
+    """(before, after) of ``name`` on each day that has it in both plans."""
+    return [(old[d][name], new[d][name]) for d in old if name in old[d] and name in new.get(d, {})]
 
 
-def _claim_holds(claim: Claim, old: dict, new: dict, c: QueryConstraints) -> str | None:
-    """None when the claim matches the change from ``old`` to ``new`` (per-day dicts), else why not."""
-    f = claim.fields
-
-    def both(name: str) -> list[tuple[PlannedExercise, PlannedExercise]]:
-        return [(old[d][name], new[d][name]) for d in old if name in old[d] and name in new.get(d, {})]
-
-    if claim.kind in ("swap", "stall_swap"):
-        a, b = f["old"], f["new"]
-        if not any(a in old[d] and a not in new.get(d, {}) and b in new.get(d, {}) and b not in old[d] for d in old):
-            return f"claims {a} was swapped for {b}, but no day replaces one with the other"
-        ea, eb = BY_NAME.get(a), BY_NAME.get(b)
-        same_pattern = ea and eb and ea.pattern == eb.pattern != "isolation"  # "isolation" alone says little
-        if ea and eb and not same_pattern and ea.primary_muscle != eb.primary_muscle:
-            return f"swap {a} -> {b} keeps neither the movement pattern nor the primary muscle"
-        return None
-    if claim.kind == "add":
-        ok = any(f["new"] in new.get(d, {}) and f["new"] not in old[d] for d in old)
-        return None if ok else f"claims {f['new']} was added, but no day gained it"
-    if claim.kind == "drop":
-        ok = any(f["name"] in old[d] and f["name"] not in new.get(d, {}) for d in old)
-        return None if ok else f"claims {f['name']} was dropped, but no day lost it"
-    if claim.kind in ("reps", "sets"):
-        field, n = claim.kind, int(f["n"])
-        ok = any(getattr(b, field) - getattr(a, field) == n for a, b in both(f["name"]))
-        return None if ok else f"claims +{n} {field} on {f['name']}, but no day shows that change"
-    if claim.kind == "target":
-        ok = any(b.reps == int(f["n"]) != a.reps for a, b in both(f["name"]))
-        return None if ok else f"claims a new rep target {f['n']} on {f['name']}, not in the plan"
-    if claim.kind == "deload":
-        what = f.get("what", "").lower()
-        def fits(a, b):
-            if "fewer sets" in what or "more rir" in what:
-                return ("fewer sets" not in what or b.sets < a.sets) and ("more rir" not in what or b.rir > a.rir)
-            return b.sets < a.sets or b.rir > a.rir
-        ok = any(fits(a, b) for a, b in both(f["name"]))
-        return None if ok else f"claims a deload on {f['name']} ({what or 'any'}), not in the plan"
-    if claim.kind == "trim":
-        if int(f["n"]) != c.session_minutes:
-            return f"claims sessions fit {f['n']} minutes, the limit is {c.session_minutes}"
-        shorter = any(set(old[d]) - set(new.get(d, {})) or any(b.sets < a.sets or b.rest_s < a.rest_s
-                                                              for a, b in ((old[d][n], new[d][n]) for n in old[d]
-                                                                           if n in new.get(d, {})))
-                      for d in old)
-        return None if shorter else "claims sessions were trimmed, but no session lost sets, rest or exercises"
-    if claim.kind == "kept":
-        same = all(set(old[d]) == set(new.get(d, {})) for d in old) and set(old) == set(new)
-        return None if same else "claims the plan was kept, but its exercises changed"
+def _swap_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    a, b = f["old"], f["new"]
+    if not any(a in old[d] and a not in new.get(d, {}) and b in new.get(d, {}) and b not in old[d] for d in old):
+        return f"claims {a} was swapped for {b}, but no day replaces one with the other"
+    ea, eb = BY_NAME.get(a), BY_NAME.get(b)
+    same_pattern = ea and eb and ea.pattern == eb.pattern != "isolation"  # "isolation" alone says little
+    if ea and eb and not same_pattern and ea.primary_muscle != eb.primary_muscle:
+        return f"swap {a} -> {b} keeps neither the movement pattern nor the primary muscle"
     return None
+
+
+def _add_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    ok = any(f["new"] in new.get(d, {}) and f["new"] not in old[d] for d in old)
+    return None if ok else f"claims {f['new']} was added, but no day gained it"
+
+
+def _drop_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    ok = any(f["name"] in old[d] and f["name"] not in new.get(d, {}) for d in old)
+    return None if ok else f"claims {f['name']} was dropped, but no day lost it"
+
+
+def _more_holds(field: str) -> Callable:
+    def check(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+        n = int(f["n"])
+        ok = any(getattr(b, field) - getattr(a, field) == n for a, b in _both(f["name"], old, new))
+        return None if ok else f"claims +{n} {field} on {f['name']}, but no day shows that change"
+    return check
+
+
+def _target_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    ok = any(b.reps == int(f["n"]) != a.reps for a, b in _both(f["name"], old, new))
+    return None if ok else f"claims a new rep target {f['n']} on {f['name']}, not in the plan"
+
+
+def _deload_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    what = f.get("what", "").lower()
+    fewer, more = "fewer sets" in what, "more rir" in what
+
+    def fits(a: PlannedExercise, b: PlannedExercise) -> bool:
+        if fewer or more:
+            return (not fewer or b.sets < a.sets) and (not more or b.rir > a.rir)
+        return b.sets < a.sets or b.rir > a.rir
+
+    ok = any(fits(a, b) for a, b in _both(f["name"], old, new))
+    return None if ok else f"claims a deload on {f['name']} ({what or 'any'}), not in the plan"
+
+
+def _trim_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    if int(f["n"]) != c.session_minutes:
+        return f"claims sessions fit {f['n']} minutes, the limit is {c.session_minutes}"
+    for d in old:
+        kept = [(old[d][n], new[d][n]) for n in old[d] if n in new.get(d, {})]
+        if len(kept) < len(old[d]) or any(b.sets < a.sets or b.rest_s < a.rest_s for a, b in kept):
+            return None
+    return "claims sessions were trimmed, but no session lost sets, rest or exercises"
+
+
+def _kept_holds(f: dict, old: Days, new: Days, c: QueryConstraints) -> str | None:
+    same = set(old) == set(new) and all(set(old[d]) == set(new[d]) for d in old)
+    return None if same else "claims the plan was kept, but its exercises changed"
+
+
+# How each kind of claim is checked against the change from the old plan to the new one.
+_CLAIM_CHECKS: dict[str, Callable[[dict, Days, Days, QueryConstraints], str | None]] = {
+    "swap": _swap_holds, "stall_swap": _swap_holds, "add": _add_holds, "drop": _drop_holds,
+    "reps": _more_holds("reps"), "sets": _more_holds("sets"), "target": _target_holds,
+    "deload": _deload_holds, "trim": _trim_holds, "kept": _kept_holds,
+}
 
 
 def _notes_match_change(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool | None, str]:
@@ -272,7 +298,7 @@ def _notes_match_change(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool
         return None, "the current plan does not parse"
     new = _by_day(answer.days)
     for cl in change_claims:
-        why = _claim_holds(cl, old, new, query.constraints)
+        why = _CLAIM_CHECKS[cl.kind](cl.fields, old, new, query.constraints) if cl.kind in _CLAIM_CHECKS else None
         if why:
             return False, why
     removed_named = {cl.fields.get("old") or cl.fields.get("name") for cl in change_claims

@@ -328,13 +328,15 @@ def _with_notes(answer: CoachAnswer, query: CoachingQuery, parts: list[str], fal
 
 def _modify(query: CoachingQuery) -> CoachAnswer:
     c, current = query.constraints, query.context.current_plan
+    rebuilt = lambda why: _with_notes(_fresh_plan(query), query,  # noqa: E731
+                                      [audit.note("rebuilt", n=c.days_per_week, why=why)], "")
     if not current or len(current["days"]) != c.days_per_week:
-        return _with_notes(_fresh_plan(query), query, [audit.note("rebuilt", n=c.days_per_week, why="your new schedule")], "")
+        return rebuilt("your new schedule")
     before = CoachAnswer.model_validate(current)
     answer, changes = _conform(before, query)
     notes = changes.notes(c.session_minutes, before, answer)
     if len("; ".join(notes)) > NOTES_BUDGET:  # too much changed to list: a fresh plan serves better
-        return _with_notes(_fresh_plan(query), query, [audit.note("rebuilt", n=c.days_per_week, why="your new limits")], "")
+        return rebuilt("your new limits")
     return _with_notes(answer, query, notes, f"{audit.note('kept')}; it already fits your request")
 
 
