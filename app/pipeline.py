@@ -89,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
           command="evaluate",
           params=("evaluation",),
           code=("evaluation",),
-          inputs=("dataset", "teacher", "training/adapter", "training/student.json"),
+          inputs=("queries", "dataset", "teacher", "training/adapter", "training/student.json"),
           outs=("comparison.md", "charts", "manifest.json"), metrics=("metrics.json",), plots=("per_slice.csv",)),
     Stage("registry", "fitsense.registry.register:register_student",
           "register the student in MLflow with its dataset lineage",

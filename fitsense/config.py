@@ -129,6 +129,7 @@ class SplitConfig(_Section):
 
 class DatasetConfig(_Section):
     require_valid: bool = True  # keep only schema-valid, constraint-adherent answers
+    require_audit: bool = False  # also drop answers that fail a coaching rule (fitsense.audit)
     dedup: Literal["exact", "near", "embedding"] = "near"
     near_dup_threshold: float = Field(default=0.95, gt=0, le=1)
     splits: SplitConfig = Field(default_factory=SplitConfig)
@@ -152,6 +153,8 @@ class QualityConfig(_Section):
     fail_on_bias: bool = False  # bias flags warn by default; set true to make them a gate
     fail_on_drift: bool = False
     min_train_examples: int = Field(default=20, ge=0)  # the gate fails below this many training rows
+    # the gate fails when a coaching rule (fitsense.audit) passes on fewer of the teacher's answers
+    min_audit_pass_rate: float = Field(default=0.95, ge=0, le=1)
 
 
 class LoraConfig(_Section):
