@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT_TIERS, usable_exercises
 from fitsense.constraints import session_seconds
+from fitsense.plan import DAY_KINDS, day_name
 
 EXPERIENCE_RIR_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
 GOALS = ("fat_loss", "muscle_gain", "strength", "endurance", "general_health")
@@ -50,6 +51,7 @@ _DAY_SLOTS = {
     "Upper": ("push_h", "pull_h", "push_v", "pull_v", "iso_upper", "iso_upper", "core", "carry"),
     "Lower": ("squat", "hinge", "lunge", "core", "iso_lower", "hinge", "squat", "carry"),
 }
+assert tuple(_DAY_SLOTS) == DAY_KINDS, "day kinds are declared in fitsense.plan.DAY_KINDS"
 _SPLITS = {
     1: ("Full Body",),
     2: ("Full Body", "Full Body"),
@@ -152,7 +154,7 @@ def build_plan(
             else:
                 exercises[0][4] = 0
                 break
-        out_days.append((day_no, f"{kind} {chr(64 + day_no)}", tuple(tuple(e) for e in exercises)))
+        out_days.append((day_no, day_name(kind, day_no), tuple(tuple(e) for e in exercises)))
     name = f"{days}-Day {_SPLITS[days][0] if days <= 3 else 'Upper/Lower'} {_GOAL_TITLE[goal]}"
     return name, tuple(out_days)
 
