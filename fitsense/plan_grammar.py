@@ -53,9 +53,38 @@ def _field_range(model, name: str) -> tuple[int, int]:
     return low, high
 
 
+def _same_length_range(low: str, high: str) -> list[str]:
+    """Regex pieces for the decimal strings low..high, both of the same length."""
+    if low == high:
+        return [low]
+    if len(low) == 1:
+        return [f"[{low}-{high}]"]
+    if low[0] == high[0]:
+        return [low[0] + rest for rest in _same_length_range(low[1:], high[1:])]
+    tail = len(low) - 1
+    pieces, first, last = [], int(low[0]), int(high[0])
+    if low[1:] != "0" * tail:
+        pieces += [low[0] + rest for rest in _same_length_range(low[1:], "9" * tail)]
+        first += 1
+    if high[1:] != "9" * tail:
+        last -= 1
+    if first <= last:
+        pieces.append((str(first) if first == last else f"[{first}-{last}]") + "[0-9]" * tail)
+    if high[1:] != "9" * tail:
+        pieces += [high[0] + rest for rest in _same_length_range("0" * tail, high[1:])]
+    return pieces
+
+
 def int_range_regex(low: int, high: int) -> str:
-    """A regex alternation matching the decimal integers low..high (no leading zeros)."""
-    return "(" + "|".join(str(i) for i in range(high, low - 1, -1)) + ")"
+    """A compact regex for the decimal integers low..high (no leading zeros), e.g. 0..600 ->
+    ``([0-9]|[1-9][0-9]|[1-5][0-9][0-9]|600)``: a few digit classes rather than 601 alternatives,
+    which keeps the grammar matcher's per-token work small."""
+    pieces = []
+    for digits in range(len(str(low)), len(str(high)) + 1):
+        lo, hi = max(low, 10 ** (digits - 1) if digits > 1 else 0), min(high, 10 ** digits - 1)
+        if lo <= hi:
+            pieces += _same_length_range(str(lo), str(hi))
+    return "(" + "|".join(pieces) + ")"
 
 
 def _literal(text: str) -> str:
