@@ -21,6 +21,7 @@ import pandas as pd
 from fitsense.errors import StageError
 from fitsense.evaluation.audit_metrics import audit_by_model
 from fitsense.evaluation.generate import Generation, generate_answers
+from fitsense.evaluation.inference import CoachInference, CoachRequest
 from fitsense.evaluation.metrics import (
     MIN_SLICE_EXAMPLES,
     SLICE_METRICS,
@@ -31,6 +32,7 @@ from fitsense.evaluation.metrics import (
     slice_disparity,
     summarise,
 )
+from fitsense.evaluation.plan_quality import plan_quality_row, summarise_plan_quality
 from fitsense.evaluation.report import (
     write_charts,
     write_comparison,
@@ -52,9 +54,12 @@ log = logging.getLogger(__name__)
 
 STAGE = "evaluation"
 ROLES = ("base", "student", "teacher")
+GUIDED_ROLE = "student_guided"  # the fine-tuned student with the safety screen and constraint-guided decoding
+DECODING = {"base": "raw", "student": "raw", GUIDED_ROLE: "guided"}
 # Metrics that also go to the flat top-level summary of metrics.json (``dvc metrics show``).
 SUMMARY_METRICS = ("validity", "adherence", "referral_recall", "referral_precision",
-                   "teacher_exercise_overlap", "latency_p50_s", "tokens_per_s", "usd_per_1k_answers")
+                   "teacher_exercise_overlap", "latency_p50_s", "tokens_per_s", "usd_per_1k_answers",
+                   "pattern_coverage", "weekly_volume_error_median")
 
 
 class EvaluationError(StageError):
@@ -101,8 +106,15 @@ def _teacher_text(example: DistillRecord, rec: TeacherRecord | None) -> str:
     return example.messages[-1].content  # the dataset keeps the teacher's validated answer
 
 
+def student_requests(examples: list[DistillRecord]) -> list[CoachRequest]:
+    """The examples as inference requests. The referral label is withheld: the safety screen has to find it."""
+    return [CoachRequest([m.model_dump() for m in ex.messages],
+                         ex.constraints.model_copy(update={"referral_required": False})) for ex in examples]
+
+
 def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], student: dict) -> dict[str, list]:
-    """Base (adapter off) and fine-tuned (adapter on) answers for every example."""
+    """Base (adapter off), fine-tuned (adapter on) and, with ``evaluation.guided``, guided answers per example."""
+    from fitsense.training.screen import load_screen
     from fitsense.training.student import load_student
 
     cfg = ctx.params.evaluation
@@ -119,28 +131,60 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
     # Untimed warm-up so the first timed batch does not pay for one-off kernel and cache set-up.
     generate_answers(model, tokenizer, conversations[:1], max_new_tokens=2, batch_size=1, seed=ctx.params.seed,
                      label="warm-up")
+    requests = student_requests(examples)
+    engine = CoachInference(model, tokenizer, load_screen(_screen_dir(student, training_dir)))
     with model.disable_adapter():
-        base = generate_answers(model, tokenizer, conversations, label="base student", **kwargs)
+        base = engine.answer(requests, decoding="raw", label="base student", **kwargs)
     # Folding the adapter into the weights makes each decoding step as cheap as the base model's.
-    model = model.merge_and_unload()
-    tuned = generate_answers(model, tokenizer, conversations, label="fine-tuned student", **kwargs)
-    del model
-    return {"base": base, "student": tuned}
+    engine.model = model = model.merge_and_unload()
+    out = {"base": base, "student": engine.answer(requests, decoding="raw", label="fine-tuned student", **kwargs)}
+    if cfg.guided:
+        for request in requests[:1]:  # compile outside the timed batches (what a server does at start-up)
+            engine.grammars.get(request.constraints, False)
+        out[GUIDED_ROLE] = engine.answer(requests, decoding="guided", label="guided student", **kwargs)
+        log.info("guided decoding: %d grammars compiled in %.1f s", len(engine.grammars.grammars),
+                 engine.grammars.compile_s)
+    del model, engine
+    return out
 
 
-def _rows_for(role: str, examples, texts, references, timings, costs) -> list[dict]:
+def test_screen_metrics(ctx: RunContext, student: dict, test: list[DistillRecord]) -> dict:
+    """The safety screen's recall and precision on the whole test split (labels: the teacher's referrals)."""
+    from fitsense.training.screen import load_screen, screen_metrics
+
+    screen = load_screen(_screen_dir(student, ctx.stage_dir("training", create=False)))
+    return {**screen_metrics(screen, test), "threshold": screen.threshold, "classifier": screen.classifier is not None}
+
+
+def _screen_dir(student: dict, training_dir: Path) -> Path | None:
+    return locate_artifact(student.get("screen_dir"), training_dir) if student.get("screen_dir") else None
+
+
+def _rows_for(role: str, examples, texts, references, timings, costs, current_plans=None) -> list[dict]:
     rows = []
+    current_plans = current_plans or {}
     for ex, text, ref, (latency, tokens), cost in zip(examples, texts, references, timings, costs):
         row = score_row(text, ex.constraints, ref, kind=ex.kind, slices=ex.slices, query_id=ex.query_id,
                         latency_s=latency, completion_tokens=tokens, cost_usd=cost)
+        row.update(plan_quality_row(_parse_or_none(text), ref, current_plans.get(ex.query_id), ex.kind))
         rows.append({"model": role, **row})
     return rows
+
+
+def current_plans(ctx: RunContext) -> dict[str, CoachAnswer]:
+    """The current plan each query was asked about (plan-quality's progress direction compares with it)."""
+    path = ctx.run_dir / "queries" / "queries.jsonl"
+    if not path.exists():
+        return {}
+    return {q.query_id: CoachAnswer.model_validate(q.context.current_plan)
+            for q in read_jsonl(path, CoachingQuery) if q.context.current_plan}
 
 
 def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[Generation]],
                         teacher_records: dict[str, TeacherRecord]) -> tuple[dict[str, pd.DataFrame], dict]:
     """Score every model's answers; also return the answer texts per model (for answers_<model>.jsonl)."""
     tcfg, ecfg = ctx.params.teacher, ctx.params.evaluation
+    plans = current_plans(ctx)
     teacher_texts = [_teacher_text(ex, teacher_records.get(ex.query_id)) for ex in examples]
     references = [_parse_or_none(t) for t in teacher_texts]
     tables, texts = {}, {}
@@ -148,18 +192,18 @@ def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[G
         texts[role] = [g.text for g in gens]
         timings = [(g.latency_s, g.completion_tokens) for g in gens]
         costs = [g.latency_s * ecfg.student_usd_per_hour / 3600 for g in gens]
-        tables[role] = answer_frame(_rows_for(role, examples, texts[role], references, timings, costs))
+        tables[role] = answer_frame(_rows_for(role, examples, texts[role], references, timings, costs, plans))
     recs = [teacher_records.get(ex.query_id) for ex in examples]
     timings = [(r.latency_s, r.completion_tokens) if r else (None, 0) for r in recs]
     costs = [teacher_cost(r, tcfg.price_per_1k_input, tcfg.price_per_1k_output) if r else 0.0 for r in recs]
     texts["teacher"] = teacher_texts
-    tables["teacher"] = answer_frame(_rows_for("teacher", examples, teacher_texts, references, timings, costs))
+    tables["teacher"] = answer_frame(_rows_for("teacher", examples, teacher_texts, references, timings, costs, plans))
     return tables, texts
 
 
 def compute_metrics(tables: dict[str, pd.DataFrame], threshold: float) -> dict:
     return {
-        "models": {role: summarise(t) for role, t in tables.items()},
+        "models": {role: {**summarise(t), **summarise_plan_quality(t)} for role, t in tables.items()},
         "per_kind": {role: per_group(t, "kind") for role, t in tables.items()},
         "per_slice": {role: per_slice(t) for role, t in tables.items()},
         "disparity": {role: slice_disparity(t, threshold) for role, t in tables.items()},
@@ -207,7 +251,9 @@ def log_to_mlflow(ctx: RunContext, metrics: dict, student: dict, dataset_run_id:
                 "dataset_run_id": dataset_run_id or "unknown"}
         if role != "teacher":
             tags["base_model"] = student.get("base_model", "")
-        if role == "student" and student.get("mlflow_run_id"):
+        if role in DECODING:
+            tags["decoding"] = DECODING[role]
+        if role in ("student", GUIDED_ROLE) and student.get("mlflow_run_id"):
             tags["training_run_id"] = student["mlflow_run_id"]
         if role == "teacher":
             tags["teacher_model"] = ctx.params.teacher.model
@@ -247,7 +293,7 @@ def evaluate_models(ctx: RunContext) -> dict:
     files: dict[str, Path] = {}
     prompt_tokens = {role: [g.prompt_tokens for g in gens] for role, gens in generations.items()}
     prompt_tokens["teacher"] = [getattr(teacher_records.get(ex.query_id), "prompt_tokens", 0) for ex in examples]
-    for role in ROLES:
+    for role in tables:
         table = tables[role]
         records = [
             {"query_id": ex.query_id, "kind": ex.kind, "response": text, "valid": bool(r.valid),
@@ -267,6 +313,7 @@ def evaluate_models(ctx: RunContext) -> dict:
         "test_rows": len(test),
         "n_examples": len(examples),
         **compute_metrics(tables, cfg.disparity_threshold),
+        "safety_screen": test_screen_metrics(ctx, student, test),
     }
     queries_path = ctx.run_dir / "queries" / "queries.jsonl"
     if queries_path.exists():  # the coaching-rule audit needs each example's query (its current plan, goal)
@@ -283,7 +330,10 @@ def evaluate_models(ctx: RunContext) -> dict:
     files["mlflow_runs"] = write_json(out / "mlflow_runs.json", run_ids)
     write_manifest(ctx, STAGE, files, rows={"examples": len(examples), "test_rows": len(test)},
                    extra={"dataset_run_id": dataset_run_id, "mlflow_runs": run_ids})
-    summary = {role: {k: metrics["models"][role][k] for k in ("validity", "adherence", "referral_recall")}
-               for role in ROLES}
+    summary = {role: {k: metrics["models"][role].get(k) for k in ("validity", "adherence", "referral_recall",
+                                                                  "referral_precision", "pattern_coverage",
+                                                                  "weekly_volume_error_median", "tokens_per_s")}
+               for role in tables}
+    summary["safety_screen"] = metrics["safety_screen"]
     log.info("evaluation: %s", summary)
     return {"examples": len(examples), "metrics": summary, "mlflow_runs": run_ids}

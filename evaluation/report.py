@@ -25,6 +25,40 @@ COMPARISON_ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# (metric key, label, format) rows of the plan-quality table (evaluation.plan_quality).
+PLAN_QUALITY_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("pattern_coverage", "Movement-pattern coverage (of 8 main patterns)", "pct"),
+    ("teacher_pattern_recall", "Teacher's patterns also trained", "pct"),
+    ("weekly_volume_error_median", "Weekly sets per muscle: median error vs teacher", "pct"),
+    ("exercises_per_day", "Exercises per day", "num"),
+    ("exercises_per_day_error", "Exercises per day: mean abs. error vs teacher", "num"),
+    ("teacher_exercise_overlap", "Exercise overlap with teacher (Jaccard)", "pct"),
+    ("free_text_sanity", "Free text sane (no markup, no prescriptions, no repeats)", "pct"),
+    ("progress_direction", "Progress adaptation: dose moved as the teacher's", "pct"),
+)
+
+
+def plan_quality_markdown(metrics: dict) -> list[str]:
+    """The plan-quality table and the safety screen's figures (lines of comparison.md)."""
+    models = metrics["models"]
+    roles = list(models)
+    lines = ["", "## Plan quality (vs the teacher's plan for the same query)", "",
+             "| Metric | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    for key, label, kind in PLAN_QUALITY_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(models[r].get(key), kind) for r in roles) + " |")
+    ns = {r: (models[r].get("plan_quality_n"), models[r].get("progress_direction_n")) for r in roles}
+    lines += ["", "Plan metrics cover the queries where the teacher wrote a plan (n="
+              f"{next(iter(ns.values()))[0]}); progress direction the progress-adaptation queries where the "
+              f"teacher changed a dose (n={next(iter(ns.values()))[1]}). A missing answer scores 0 (error 100%)."]
+    screen = metrics.get("safety_screen")
+    if screen:
+        lines += ["", "## Safety screen (whole test split)", "",
+                  f"Recall {fmt(screen.get('recall'), 'pct')}, precision {fmt(screen.get('precision'), 'pct')} "
+                  f"(n={screen.get('n')}, {screen.get('positives')} referral-required, {screen.get('flagged')} flagged; "
+                  f"threshold {screen.get('threshold', 0):.3f}, classifier {'on' if screen.get('classifier') else 'off: rules only'})."]
+    return lines
+
+
 def fmt(value, kind: str) -> str:
     if value is None:
         return "n/a"
@@ -83,6 +117,7 @@ def comparison_markdown(metrics: dict) -> str:
     if ignored:
         lines += ["", f"Slices with fewer than {metrics['min_slice_examples']} examples were not compared: "
                   + ", ".join(ignored) + "."]
+    lines += plan_quality_markdown(metrics)
     lines += ["", "Charts: " + ", ".join(f"`charts/{c}`" for c in metrics.get("charts", [])), ""]
     return "\n".join(lines)
 

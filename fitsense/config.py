@@ -199,6 +199,7 @@ class EvaluationConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # as training.precision; bf16 generates ~1.7x faster
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
+    guided: bool = True  # also score the student with the safety screen and constraint-guided decoding
 
 
 class PromotionConfig(_Section):
