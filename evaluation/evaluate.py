@@ -295,14 +295,13 @@ def per_example_table(role: str, answers: list[dict], queries: dict[tuple[str, s
 
 
 def side_by_side_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per query: the query and every model's answer and verdict next to each other."""
+    """One row per query: the query and every model's answer and verdict next to each other (blank where a model
+    did not answer it, e.g. outside the base subset)."""
     key = ["split", "query_id"]
-    wide = None
+    wide = pd.concat([t[key + ["kind", "query", "referral_required"]] for t in tables.values()]).drop_duplicates(key)
     for role, t in tables.items():
-        cols = t[key + ["answer", "adherent", "violations"]].rename(
-            columns={c: f"{role}_{c}" for c in ("answer", "adherent", "violations")})
-        base = t[key + ["kind", "query", "referral_required"]] if wide is None else None
-        wide = base.merge(cols, on=key) if wide is None else wide.merge(cols, on=key, how="left")
+        wide = wide.merge(t[key + ["answer", "adherent", "violations"]].rename(
+            columns={c: f"{role}_{c}" for c in ("answer", "adherent", "violations")}), on=key, how="left")
     return wide.sort_values(key).reset_index(drop=True)
 
 

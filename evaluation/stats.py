@@ -32,11 +32,12 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
         return None
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be in [0, n]: {successes} of {n}")
-    z = norm.ppf(0.5 + confidence / 2)
+    z = float(norm.ppf(0.5 + confidence / 2))
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and n successes the bound is exactly 0 or 1 (rounding would put it a hair inside)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
 
 
 def mean_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
@@ -44,7 +45,7 @@ def mean_interval(values, confidence: float = CONFIDENCE) -> tuple[float, float]
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return None
-    z = norm.ppf(0.5 + confidence / 2)
+    z = float(norm.ppf(0.5 + confidence / 2))
     half = z * values.std(ddof=1) / math.sqrt(len(values))
     return max(0.0, float(values.mean() - half)), min(1.0, float(values.mean() + half))
 
