@@ -358,7 +358,6 @@ def build_distillation_dataset(ctx: RunContext) -> dict:
         "params": cfg.model_dump(mode="json"),
     }
     outputs["dataset_info"] = write_json(out / "dataset_info.json", info)
-    write_manifest(ctx, STAGE, outputs, rows={**rows, CHALLENGE: len(challenge)},
-                   extra={k: v for k, v in info.items() if k != "rows"})
+    write_manifest(ctx, STAGE, outputs, rows=rows, extra={k: v for k, v in info.items() if k != "rows"})
     log.info("dataset %s: %s rows (+%d challenge), dropped %s", ds_id, rows, len(challenge), dict(dropped))
     return {"dataset_run_id": ds_id, "digest": digest, "rows": rows, "dropped": dict(dropped)}
