@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fitsense.config import Params
 from fitsense.errors import LineageError, StageError
+from fitsense.registry.model_card import model_card
 from fitsense.runs import (
     RunContext,
     code_version,
@@ -242,6 +243,7 @@ def register_student(ctx: RunContext) -> dict:
         log.info("run %s's adapter is already %s version %s", ctx.run_id, name, existing.version)
         for key, value in current_tags.items():
             client.set_model_version_tag(name, str(existing.version), key, value)
+        client.update_model_version(name, str(existing.version), description=model_card(evaluation, dataset_info))
         return _finish(ctx, client, existing, {**existing.tags, **current_tags}, existing.source, params)
 
     run_id = _training_run(client, student.get("mlflow_run_id"))
@@ -278,6 +280,7 @@ def register_student(ctx: RunContext) -> dict:
         **current_tags,
     }
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
+    client.update_model_version(name, str(mv.version), description=model_card(evaluation, dataset_info))
     return _finish(ctx, client, mv, tags, model_info.model_uri, params)
 
 

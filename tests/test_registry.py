@@ -71,6 +71,9 @@ def test_passing_metrics_register_and_promote_with_lineage_tags(make_run):
 
     mv = MlflowClient().get_model_version(ctx.params.registry.model_name, "1")
     assert mv.tags["dataset_run_id"] == info["dataset_run_id"] and mv.tags["metric.validity"] == "0.8"
+    # the model card: lineage, the evaluation table, known failure modes
+    assert info["dataset_run_id"] in mv.description and "| Schema validity | 80.0% |" in mv.description
+    assert "## Known failure modes" in mv.description and "20.0% of answers are not a schema-valid plan" in mv.description
 
 
 def test_failing_metrics_leave_only_the_candidate_alias(make_run):
