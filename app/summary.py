@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fitsense.app.pipeline import STAGE_NAMES
-from fitsense.evaluation.report import COMPARISON_ROWS, fmt
+from fitsense.evaluation.report import COMPARISON_ROWS, fmt_rate
 from fitsense.runs import RunContext
 
 # The comparison table's rows that fit a terminal (the full table is in comparison.md).
@@ -32,7 +32,7 @@ def comparison_table(metrics: dict) -> Table:
         table.add_column(role, justify="right")
     for key, label, kind in COMPARISON_ROWS:
         if key in SUMMARY_KEYS:
-            table.add_row(label, *(fmt(m.get(key), kind) for m in models.values()))
+            table.add_row(label, *(fmt_rate(m, key, kind) for m in models.values()))
     return table
 
 

@@ -34,6 +34,7 @@ def audit_rates(texts: list[str | None], queries: list[CoachingQuery | None]) ->
     return out
 
 
-def audit_by_model(texts: dict[str, list[str | None]], queries: list[CoachingQuery | None]) -> dict[str, dict]:
-    """``audit_rates`` for every model's answers (same examples, same order as ``queries``)."""
-    return {role: audit_rates(model_texts, queries) for role, model_texts in texts.items()}
+def audit_by_model(texts: dict[str, list[str | None]],
+                   queries: dict[str, list[CoachingQuery | None]]) -> dict[str, dict]:
+    """``audit_rates`` for every model's answers (``queries[role]``: the query of each answer, in order)."""
+    return {role: audit_rates(model_texts, queries[role]) for role, model_texts in texts.items()}

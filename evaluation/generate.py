@@ -79,11 +79,16 @@ def generate_answers(
     batch_size: int,
     seed: int,
     label: str = "model",
+    grammars: list | None = None,
 ) -> list[Generation]:
-    """Generate one answer per conversation (system + user messages), greedily, in left-padded batches."""
+    """Generate one answer per conversation (system + user messages), greedily, in left-padded batches.
+
+    ``grammars`` (one compiled xgrammar grammar per conversation) constrains each row to its grammar;
+    a guided row ends when its grammar does (the grammar then allows only the end-of-turn token).
+    """
     import torch
     from rich.progress import Progress
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"  # decoder-only batching needs the prompts flush right
@@ -105,14 +110,21 @@ def generate_answers(
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             torch.manual_seed(seed)
             started = time.perf_counter()
-            stop = StoppingCriteriaList([StopWhenAnswerComplete(tokenizer, enc["input_ids"].shape[1])])
+            if grammars is None:
+                guide = {"stopping_criteria": StoppingCriteriaList(
+                    [StopWhenAnswerComplete(tokenizer, enc["input_ids"].shape[1])])}
+            else:
+                from xgrammar.contrib.hf import LogitsProcessor
+
+                guide = {"logits_processor": LogitsProcessorList(
+                    [LogitsProcessor(list(grammars[start : start + batch_size]))])}
             with torch.inference_mode():
                 generated = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    stopping_criteria=stop,
+                    **guide,
                 )
             elapsed = time.perf_counter() - started
             new_tokens = generated[:, enc["input_ids"].shape[1] :]

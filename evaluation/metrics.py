@@ -4,8 +4,9 @@
 violations? referral given?). ``answer_frame`` collects those rows, with the
 query's kind and slice tags, into a pandas DataFrame; ``summarise`` computes a
 model's metrics from any subset of rows, so the same code gives the overall,
-per-kind and per-slice figures. ``slice_disparity`` finds the largest gap
-between the slices of each tag.
+per-kind and per-slice figures, each rate with its n and 95% Wilson interval
+(``evaluation.stats``). ``slice_disparity`` finds the largest gap between the
+slices of each tag, and flags it only when the two slices' intervals separate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import precision_score, recall_score
 
 from fitsense.constraints import VIOLATION_CODES, check_answer, violation_code
+from fitsense.evaluation.stats import intervals_separate, mean_interval, rate_intervals, wilson_interval
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import SLICE_TAGS, QueryConstraints
 
@@ -26,8 +28,8 @@ SLICE_METRICS: tuple[str, ...] = ("validity", "adherence", "teacher_exercise_ove
 # The answer-table column each per-answer metric is the mean of.
 METRIC_COLUMNS = {"validity": "valid", "adherence": "adherent", "teacher_exercise_overlap": "teacher_exercise_overlap",
                   "teacher_structure_match": "teacher_structure_match"}
-# Slices with fewer examples than this are too noisy to compare.
-MIN_SLICE_EXAMPLES = 3
+# Slices with fewer examples than this are too noisy to compare (a 95% interval at n=20 is still ~+-20 points).
+MIN_SLICE_EXAMPLES = 20
 
 
 @dataclass
@@ -173,6 +175,7 @@ def summarise(frame: pd.DataFrame) -> dict:
         "usd_per_1k_answers": float(frame["cost_usd"].mean()) * 1000,
         # Share of answers with at least one violation of each kind (parseable answers only can violate).
         "violation_rates": {code: float(counts.get(code, 0)) / n for code in VIOLATION_CODES},
+        "rates": rate_intervals(frame),  # k, n and 95% Wilson interval of each rate above
     }
 
 
@@ -193,7 +196,8 @@ def slice_disparity(
     """For each slice tag and metric, the gap between the best and worst slice.
 
     Slices with fewer than ``min_examples`` rows are left out of the comparison
-    (and listed under ``ignored_slices``); a gap above ``threshold`` is flagged.
+    (and listed under ``ignored_slices``); a gap above ``threshold`` is flagged only when the
+    best and worst slices' 95% intervals do not overlap (Wilson for rates, normal for overlap).
     """
     out: list[dict] = []
     for tag in SLICE_TAGS:
@@ -213,8 +217,20 @@ def slice_disparity(
             else:
                 values = means[metric].astype(float)
                 gap = float(values.max() - values.min())
-                entry.update(gap=gap, flagged=gap > threshold,
-                             best={"slice": str(values.idxmax()), "value": float(values.max())},
-                             worst={"slice": str(values.idxmin()), "value": float(values.min())})
+                best, worst = (_slice_point(frame, col, values.idxmax(), metric),
+                               _slice_point(frame, col, values.idxmin(), metric))
+                entry.update(gap=gap, flagged=gap > threshold and intervals_separate(best["ci95"], worst["ci95"]),
+                             best=best, worst=worst)
             out.append(entry)
     return out
+
+
+def _slice_point(frame: pd.DataFrame, col: str, value, metric: str) -> dict:
+    """One slice's value of ``metric`` with its n and 95% interval."""
+    scores = frame.loc[frame[col] == value, METRIC_COLUMNS[metric]]
+    if scores.dtype == bool:
+        interval = wilson_interval(int(scores.sum()), len(scores))
+    else:
+        interval = mean_interval(scores)
+    return {"slice": str(value), "value": float(scores.mean()), "n": int(len(scores)),
+            "ci95": list(interval) if interval else None}

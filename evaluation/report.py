@@ -25,6 +25,40 @@ COMPARISON_ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# (metric key, label, format) rows of the plan-quality table (evaluation.plan_quality).
+PLAN_QUALITY_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("pattern_coverage", "Movement-pattern coverage (of 8 main patterns)", "pct"),
+    ("teacher_pattern_recall", "Teacher's patterns also trained", "pct"),
+    ("weekly_volume_error_median", "Weekly sets per muscle: median error vs teacher", "pct"),
+    ("exercises_per_day", "Exercises per day", "num"),
+    ("exercises_per_day_error", "Exercises per day: mean abs. error vs teacher", "num"),
+    ("teacher_exercise_overlap", "Exercise overlap with teacher (Jaccard)", "pct"),
+    ("free_text_sanity", "Free text sane (no markup, no prescriptions, no repeats)", "pct"),
+    ("progress_direction", "Progress adaptation: dose moved as the teacher's", "pct"),
+)
+
+
+def plan_quality_markdown(metrics: dict) -> list[str]:
+    """The plan-quality table and the safety screen's figures (lines of comparison.md)."""
+    models = metrics["models"]
+    roles = list(models)
+    lines = ["", "## Plan quality (vs the teacher's plan for the same query)", "",
+             "| Metric | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    for key, label, kind in PLAN_QUALITY_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt(models[r].get(key), kind) for r in roles) + " |")
+    ns = {r: (models[r].get("plan_quality_n"), models[r].get("progress_direction_n")) for r in roles}
+    lines += ["", "Plan metrics cover the queries where the teacher wrote a plan (n="
+              f"{next(iter(ns.values()))[0]}); progress direction the progress-adaptation queries where the "
+              f"teacher changed a dose (n={next(iter(ns.values()))[1]}). A missing answer scores 0 (error 100%)."]
+    screen = metrics.get("safety_screen")
+    if screen:
+        lines += ["", "## Safety screen (whole test split)", "",
+                  f"Recall {fmt(screen.get('recall'), 'pct')}, precision {fmt(screen.get('precision'), 'pct')} "
+                  f"(n={screen.get('n')}, {screen.get('positives')} referral-required, {screen.get('flagged')} flagged; "
+                  f"threshold {screen.get('threshold', 0):.3f}, classifier {'on' if screen.get('classifier') else 'off: rules only'})."]
+    return lines
+
+
 def fmt(value, kind: str) -> str:
     if value is None:
         return "n/a"
@@ -37,21 +71,57 @@ def fmt(value, kind: str) -> str:
     return f"{value:.1f}"
 
 
+def fmt_rate(m: dict, key: str, kind: str = "pct") -> str:
+    """A metric; a rate with its 95% Wilson interval and n: ``81.2% [74-87] n=120``."""
+    rate = (m.get("rates") or {}).get(key)
+    if rate is None:
+        return fmt(m.get(key), kind)
+    if m.get(key) is None or not rate["ci95"]:
+        return f"n/a (n={rate['n']})"
+    low, high = rate["ci95"]
+    return f"{100 * m[key]:.1f}% [{100 * low:.0f}-{100 * high:.0f}] n={rate['n']}"
+
+
+def model_table(models: dict) -> list[str]:
+    roles = list(models)
+    lines = ["| Metric | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    for key, label, kind in COMPARISON_ROWS:
+        lines.append(f"| {label} | " + " | ".join(fmt_rate(models[r], key, kind) for r in roles) + " |")
+    return lines
+
+
+def _paired_lines(paired: dict) -> list[str]:
+    lines = ["| Comparison | Split | Metric | n | A | B | A - B | only A / only B | p (exact McNemar) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, by_split in paired.items():
+        for split, entry in by_split.items():
+            for metric, t in entry.items():
+                if not t["n"]:
+                    continue
+                lines.append(f"| {name.replace('_', ' ')} | {split} | {metric} | {t['n']} | {fmt(t['a_rate'], 'pct')} "
+                             f"| {fmt(t['b_rate'], 'pct')} | {100 * t['diff']:+.1f} pts | {t['a_only']} / {t['b_only']} "
+                             f"| {t['p_value']:.3g} |")
+    return lines
+
+
 def comparison_markdown(metrics: dict) -> str:
     models = metrics["models"]
     roles = list(models)
+    n_base = metrics.get("n_base") or {}
     lines = [
         f"# Evaluation: run `{metrics['pipeline_run_id']}`",
         "",
         f"Held-out test split of dataset `{metrics.get('dataset_run_id')}`: {metrics['n_examples']} examples "
         f"(of {metrics['test_rows']}). The teacher column scores the teacher's captured answers; the teacher's "
-        "overlap with itself is 1 by construction.",
-        "",
-        "| Metric | " + " | ".join(roles) + " |",
-        "|---|" + "---:|" * len(roles),
+        "overlap with itself is 1 by construction. Rates show the value, its 95% Wilson interval and n "
+        "(referral recall: over the queries that need a referral; precision: over the answers that give one).",
     ]
-    for key, label, kind in COMPARISON_ROWS:
-        lines.append(f"| {label} | " + " | ".join(fmt(models[r].get(key), kind) for r in roles) + " |")
+    if n_base:
+        lines.append(f"The base student answers a kind-balanced subset: {n_base.get('test', 0)} test and "
+                     f"{n_base.get('challenge', 0)} challenge examples (`evaluation.base_max_examples`).")
+    if metrics.get("teacher_provider") == "offline":
+        lines.append("Teacher latency and tokens/s are n/a: the offline teacher answers in-process, not over a network.")
+    lines += ["", *model_table(models)]
     lines += ["", "## Constraint violations (share of answers)", "",
               "| Violation | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
     codes = list(next(iter(models.values()))["violation_rates"])
@@ -68,21 +138,30 @@ def comparison_markdown(metrics: dict) -> str:
             cells.append(f"{fmt(m['validity'], 'pct')} / {fmt(m['adherence'], 'pct')} (n={m['n']})" if m else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
 
-    lines += ["", f"## Slice disparity (gap > {metrics['disparity_threshold']:.2f} is flagged)", ""]
+    if metrics.get("challenge"):
+        lines += ["", f"## Unseen phrasing: challenge split ({metrics.get('n_challenge', 0)} examples)", "",
+                  "The test queries again, each user message worded with held-out templates that no training, "
+                  "validation or test query uses; same structured query, same teacher answer.", "",
+                  *model_table(metrics["challenge"])]
+    if metrics.get("paired"):
+        lines += ["", "## Paired comparisons (same queries)", "", *_paired_lines(metrics["paired"])]
+
+    lines += ["", f"## Slice disparity (gap > {metrics['disparity_threshold']:.2f} and 95% intervals apart "
+              f"is flagged; slices with n >= {metrics['min_slice_examples']})", ""]
     flagged = [(r, d) for r in roles for d in metrics["disparity"][r] if d["flagged"]]
     if flagged:
         lines += ["| Model | Tag | Metric | Gap | Best | Worst |", "|---|---|---|---:|---|---|"]
         for r, d in flagged:
-            lines.append(f"| {r} | {d['tag']} | {d['metric']} | {d['gap']:.2f} | "
-                         f"{d['best']['slice']} ({fmt(d['best']['value'], 'pct')}) | "
-                         f"{d['worst']['slice']} ({fmt(d['worst']['value'], 'pct')}) |")
+            lines.append(f"| {r} | {d['tag']} | {d['metric']} | {d['gap']:.2f} | " + " | ".join(
+                f"{p['slice']} ({fmt(p['value'], 'pct')}, n={p.get('n', '?')})" for p in (d["best"], d["worst"])) + " |")
     else:
-        lines.append("No slice gap above the threshold.")
+        lines.append("No slice gap above the threshold with separated intervals.")
     ignored = sorted({f"{d['tag']}={s} (n={n})" for r in roles for d in metrics["disparity"][r]
                       for s, n in d["ignored_slices"].items()})
     if ignored:
         lines += ["", f"Slices with fewer than {metrics['min_slice_examples']} examples were not compared: "
                   + ", ".join(ignored) + "."]
+    lines += plan_quality_markdown(metrics)
     lines += ["", "Charts: " + ", ".join(f"`charts/{c}`" for c in metrics.get("charts", [])), ""]
     return "\n".join(lines)
 

@@ -47,7 +47,7 @@ class SyntheticConfig(_Section):
 
 
 class QueriesConfig(_Section):
-    n_queries: int = Field(default=400, ge=1)
+    n_queries: int = Field(default=1200, ge=1)  # ~120 test examples (and as many challenge ones) at 300 users
     kind_mix: dict[str, float] = Field(
         default_factory=lambda: {
             "plan_creation": 0.3,
@@ -56,7 +56,7 @@ class QueriesConfig(_Section):
             "progress_adaptation": 0.25,
         }
     )
-    red_flag_share: float = Field(default=0.35, ge=0, le=1)  # of safety queries, those needing referral
+    red_flag_share: float = Field(default=0.75, ge=0, le=1)  # of safety queries, those needing referral
 
     @model_validator(mode="after")
     def _kinds(self):
@@ -193,12 +193,16 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    max_examples: int | None = Field(default=12, ge=1)  # of the test split; None = all
+    max_examples: int | None = Field(default=None, ge=1)  # of the test split; None = all
+    challenge: bool = True  # also score the unseen-phrasing challenge split (dataset/challenge.jsonl)
+    max_challenge_examples: int | None = Field(default=None, ge=1)  # of the challenge split; None = all
+    base_max_examples: int | None = Field(default=8, ge=1)  # the base student's kind-balanced subset per split
     max_new_tokens: int = Field(default=768, ge=8)  # teacher answers: median ~340, max ~740 tokens
     batch_size: int = Field(default=12, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # as training.precision; bf16 generates ~1.7x faster
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
+    guided: bool = True  # also score the student with the safety screen and constraint-guided decoding
 
 
 class PromotionConfig(_Section):

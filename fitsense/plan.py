@@ -75,6 +75,18 @@ Exercise = Annotated[
 ]
 
 
+# The teacher's day vocabulary: a day is named "<kind> <letter>", the letter its position (day 1 is A).
+DAY_KINDS = ("Full Body", "Upper", "Lower")
+
+
+def day_letter(number: int) -> str:
+    return chr(64 + number)
+
+
+def day_name(kind: str, number: int) -> str:
+    return f"{kind} {day_letter(number)}"
+
+
 class PlanDay(_Strict):
     day: int = Field(ge=1, le=7)  # order within the week
     name: Name

@@ -94,6 +94,19 @@ class QueryContext(_Record):
     new_condition: str | None = None  # safety_adjustment with a new diagnosis (also in conditions)
 
 
+class Phrasing(_Record):
+    """Which wording of the phrasing bank a query's user message uses (``fitsense.data.phrasings``)."""
+
+    intent: str  # what the request asks, e.g. "red_flag.chest_pain", "change.fewer_days"
+    template: str  # the paraphrase: "<intent>.s<NN>" (seen) or "<intent>.h<NN>" (held out: challenge split only)
+    held_out: bool = False
+    slots: dict[str, str | int] = Field(default_factory=dict)  # the values the template was filled with
+    style: str = "plain"  # register: terse | plain | chatty
+    units: str = "kg/cm"  # kg or lb / cm or ft-in
+    fact_order: list[int] = Field(default_factory=list)  # order of the profile/health/equipment/schedule/avoid lines
+    typo: bool = False
+
+
 class CoachingQuery(_Record):
     query_id: str
     user_id: int
@@ -102,6 +115,7 @@ class CoachingQuery(_Record):
     slices: dict[str, str]  # every key of SLICE_TAGS, values as strings
     constraints: QueryConstraints
     context: QueryContext
+    phrasing: Phrasing | None = None  # None: a hand-written message, not from the phrasing bank
 
 
 TeacherStatus = Literal["ok", "failed"]
@@ -139,3 +153,4 @@ class DistillRecord(_Record):
     slices: dict[str, str]
     constraints: QueryConstraints
     teacher_model: str
+    phrasing: Phrasing | None = None  # the query's wording (the challenge split: a held-out template)

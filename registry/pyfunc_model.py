@@ -1,14 +1,25 @@
 """The fine-tuned student as an MLflow pyfunc model (logged as "models from code").
 
-MLflow copies this file into the logged model, so it imports nothing from
-``fitsense``: only MLflow, torch, transformers and PEFT. The LoRA adapter is a
-model artifact; the base weights are referenced by ``model_config``
-(``base_model_path``, a local folder, falling back to ``base_model`` as a
-Hugging Face id) rather than copied into every version.
+It answers through the project's one inference path
+(``fitsense.evaluation.inference.CoachInference``: safety screen, per-request
+grammar, chat template, generation, parsing, constraint check), so it needs the
+``fitsense-distill`` package installed where the model is loaded. The LoRA
+adapter and the safety screen are model artifacts; the base weights are
+referenced by ``model_config`` (``base_model_path``, a local folder, falling back
+to ``base_model``) rather than copied into every version. The adapter is merged
+into the base weights at load, in bf16 where the CPU has native bf16.
 
 Input: a list of conversations (each a list of ``{"role", "content"}`` messages,
-system + user), a list of user texts, or a DataFrame with a ``messages`` or
-``prompt`` column. Output: one answer text (plan JSON) per input.
+system + user), of user texts, of ``{"messages" | "prompt", "constraints"}``
+dicts, or a DataFrame with a ``messages`` or ``prompt`` column and an optional
+``constraints`` column (a ``QueryConstraints`` dict per row; an unknown field is
+rejected by name). Params (declared in the model signature):
+``max_new_tokens`` and ``decoding`` (``guided``: the screen and the request's
+grammar, needs constraints; ``raw``: the student alone).
+
+Output: one dict per input row: ``text`` (the plan JSON), ``error`` (why the row
+was not answered, e.g. no safe exercise for its equipment and avoid list),
+``valid``, ``violations`` and ``screen_refer``.
 """
 
 from __future__ import annotations
@@ -22,72 +33,59 @@ from mlflow.pyfunc import PythonModel
 
 class CoachStudentModel(PythonModel):
     def load_context(self, context):
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from fitsense.config import TrainingConfig
+        from fitsense.evaluation.inference import CoachInference
+        from fitsense.training.screen import load_screen
+        from fitsense.training.student import load_student, resolve_base_model
 
         cfg = context.model_config or {}
-        adapter = context.artifacts["adapter"]
         base = cfg.get("base_model_path")
         if not base or not Path(base).exists():
-            base = cfg["base_model"]
-            if base.startswith("bundled:"):
-                # The bundled student is converted from a GGUF by fitsense itself.
-                try:
-                    from fitsense.config import TrainingConfig
-                    from fitsense.training.student import resolve_base_model
-                except ImportError as exc:
-                    raise RuntimeError(f"base model {base!r} needs the fitsense-distill package, or a "
-                                       "base_model_path folder that exists on this machine") from exc
-                base = str(resolve_base_model(TrainingConfig(base_model=base)))
-        tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
-        self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        self.model = PeftModel.from_pretrained(model, adapter).eval()
+            base = str(resolve_base_model(TrainingConfig(base_model=cfg["base_model"])))
+        model, tokenizer = load_student(base, context.artifacts["adapter"], device="cpu", precision="auto")
+        model = model.merge_and_unload().eval()
+        self.engine = CoachInference(model, tokenizer, load_screen(context.artifacts.get("screen")))
         self.system_prompt = cfg.get("system_prompt")
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 400))
+        self.max_new_tokens = int(cfg.get("max_new_tokens", 768))
         self.batch_size = int(cfg.get("batch_size", 8))
 
-    def _conversations(self, model_input) -> list[list[dict]]:
+    def _requests(self, model_input) -> list:
+        from fitsense.evaluation.inference import CoachRequest, parse_constraints
+
         if hasattr(model_input, "columns"):  # pandas DataFrame
             column = "messages" if "messages" in model_input.columns else "prompt"
-            model_input = model_input[column].tolist()
+            constraints = model_input["constraints"].tolist() if "constraints" in model_input.columns \
+                else [None] * len(model_input)
+            model_input = [{column: m, "constraints": c} for m, c in zip(model_input[column].tolist(), constraints)]
         if isinstance(model_input, (str, dict)):
             model_input = [model_input]
-        conversations = []
+        requests = []
         for item in model_input:
+            constraints = None
             if isinstance(item, str):
                 try:
                     item = json.loads(item)
                 except json.JSONDecodeError:
                     item = [{"role": "user", "content": item}]
             if isinstance(item, dict):
-                item = item.get("messages") or [{"role": "user", "content": item["prompt"]}]
+                constraints = item.get("constraints")
+                messages = item.get("messages")
+                if isinstance(messages, str):
+                    messages = json.loads(messages)
+                item = messages or [{"role": "user", "content": item["prompt"]}]
             msgs = [dict(m) for m in item if m["role"] != "assistant"]
             if self.system_prompt and msgs[0]["role"] != "system":
                 msgs.insert(0, {"role": "system", "content": self.system_prompt})
-            conversations.append(msgs)
-        return conversations
+            requests.append(CoachRequest(msgs, parse_constraints(constraints)))
+        return requests
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
-        answers = []
-        conversations = self._conversations(model_input)
-        for start in range(0, len(conversations), self.batch_size):
-            batch = conversations[start : start + self.batch_size]
-            texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
-            enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            new = out[:, enc["input_ids"].shape[1] :]
-            answers.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return answers
+        params = params or {}
+        replies = self.engine.answer(self._requests(model_input), decoding=params.get("decoding", "guided"),
+                                     max_new_tokens=int(params.get("max_new_tokens", self.max_new_tokens)),
+                                     batch_size=self.batch_size)
+        return [{"text": r.text, "error": r.error, "valid": r.answer is not None, "violations": r.violations,
+                 "screen_refer": r.screen_refer} for r in replies]
 
 
 mlflow.models.set_model(CoachStudentModel())

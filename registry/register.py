@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fitsense.config import Params
 from fitsense.errors import LineageError, StageError
+from fitsense.registry.model_card import model_card
 from fitsense.runs import (
     RunContext,
     code_version,
@@ -41,7 +42,10 @@ GATE_METRICS = {"validity": "min_validity", "adherence": "min_adherence", "refer
 METRIC_TAG = "metric."
 HISTORY_TAG, PREVIOUS_TAG = "champion_history", "previous_champion"
 # Runtime requirements of the pyfunc model, pinned to what is installed (never inferred: that takes ~13 s).
-RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "peft", "accelerate", "safetensors", "pandas")
+RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "peft", "accelerate", "safetensors", "pandas",
+                    "xgrammar", "scikit-learn", "joblib", "pydantic")
+# The evaluation row the registered model is gated on: it decodes guided by default (the screen and the grammar).
+REGISTERED_ROLE, FALLBACK_ROLE = "student_guided", "student"
 
 
 class RegistryError(StageError):
@@ -128,6 +132,17 @@ def promotion_gate(params: Params, metrics: dict, champion_metrics: dict | None 
     return {"passed": not failures, "checks": checks, "failures": failures}
 
 
+def model_signature(params: Params):
+    """The pyfunc's params schema: what ``predict(..., params=...)`` accepts (others are rejected by MLflow)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    return ModelSignature(params=ParamSchema([
+        ParamSpec("max_new_tokens", "long", params.evaluation.max_new_tokens),
+        ParamSpec("decoding", "string", "guided"),
+    ]))
+
+
 def _history(client, name: str) -> list[str]:
     raw = client.get_registered_model(name).tags.get(HISTORY_TAG, "")
     return [v for v in raw.split(",") if v]
@@ -207,7 +222,8 @@ def register_student(ctx: RunContext) -> dict:
     dataset_info = read_json(ctx.require("dataset", "dataset_info.json"))
     eval_runs_path = ctx.run_dir / "evaluation" / "mlflow_runs.json"
     eval_runs = read_json(eval_runs_path) if eval_runs_path.exists() else {}
-    metrics = evaluation["models"]["student"]
+    role = REGISTERED_ROLE if REGISTERED_ROLE in evaluation["models"] else FALLBACK_ROLE
+    metrics = evaluation["models"][role]
     adapter = locate_artifact(student.get("adapter_dir"), ctx.stage_dir("training", create=False))
     if adapter is None or not adapter.exists():
         raise RegistryError(f"training/student.json: adapter_dir {student.get('adapter_dir')} does not exist")
@@ -215,7 +231,8 @@ def register_student(ctx: RunContext) -> dict:
     client = _client(params)
     adapter_sha256 = tree_sha256(adapter)
     current_tags = {
-        "evaluation_run_id": eval_runs.get("student", ""),
+        "evaluation_run_id": eval_runs.get(role, ""),
+        "evaluated_decoding": "guided" if role == REGISTERED_ROLE else "raw",
         **{f"{METRIC_TAG}{m}": str(metrics.get(m)) for m in (*GATE_METRICS, "teacher_exercise_overlap",
                                                                "latency_p50_s", "usd_per_1k_answers")},
     }
@@ -226,6 +243,7 @@ def register_student(ctx: RunContext) -> dict:
         log.info("run %s's adapter is already %s version %s", ctx.run_id, name, existing.version)
         for key, value in current_tags.items():
             client.set_model_version_tag(name, str(existing.version), key, value)
+        client.update_model_version(name, str(existing.version), description=model_card(evaluation, dataset_info))
         return _finish(ctx, client, existing, {**existing.tags, **current_tags}, existing.source, params)
 
     run_id = _training_run(client, student.get("mlflow_run_id"))
@@ -235,7 +253,8 @@ def register_student(ctx: RunContext) -> dict:
         model_info = mlflow.pyfunc.log_model(
             name="student",
             python_model=str(PYFUNC_MODEL_FILE),
-            artifacts={"adapter": str(adapter)},
+            artifacts={"adapter": str(adapter), **_screen_artifact(student, ctx)},
+            signature=model_signature(params),
             model_config={
                 "base_model": student.get("base_model") or params.training.base_model,
                 "base_model_path": str(Path(student["base_model_path"]).resolve()) if student.get("base_model_path")
@@ -261,6 +280,7 @@ def register_student(ctx: RunContext) -> dict:
         **current_tags,
     }
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
+    client.update_model_version(name, str(mv.version), description=model_card(evaluation, dataset_info))
     return _finish(ctx, client, mv, tags, model_info.model_uri, params)
 
 
@@ -284,6 +304,12 @@ def data_version_tags(ctx: RunContext) -> dict[str, str]:
         tags.update(dvc_dataset_path=dataset, dvc_dataset_hash=locked[dataset],
                     dvc_quality_paths=",".join(sorted(p for p in locked if p.startswith(quality))))
     return tags
+
+
+def _screen_artifact(student: dict, ctx: RunContext) -> dict[str, str]:
+    screen = locate_artifact(student.get("screen_dir"), ctx.stage_dir("training", create=False)) \
+        if student.get("screen_dir") else None
+    return {"screen": str(screen)} if screen is not None and screen.exists() else {}
 
 
 def _registered_version(client, name: str, pipeline_run_id: str, adapter_sha256: str):

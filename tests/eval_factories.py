@@ -65,10 +65,30 @@ def make_eval_run(tmp_path: Path, model_dir: Path, adapter_dir: Path, run_id: st
     ctx = make_ctx(tmp_path, run_id, **{**defaults, **overrides})
     write_inputs(ctx, n_users=n_users)
     build_distillation_dataset(ctx)
+    write_student_json(ctx, model_dir, adapter_dir)
+    return ctx
+
+
+def make_pipeline_eval_run(tmp_path: Path, model_dir: Path, adapter_dir: Path, run_id: str = "p1",
+                           **overrides) -> RunContext:
+    """A run whose data stages really ran (synthetic to dataset, offline teacher, challenge split), no training."""
+    from fitsense.app.pipeline import run_pipeline
+
+    defaults = {
+        "registry.artifact_location": str(tmp_path / "mlartifacts"), "registry.tracking_uri": fresh_tracking_uri(tmp_path),
+        "training.base_model": str(model_dir), "training.device": "cpu", "synthetic.n_users": 80,
+        "queries.n_queries": 240, "teacher.cache_dir": str(tmp_path / "cache"),
+    }
+    ctx = make_ctx(tmp_path, run_id, **{**defaults, **overrides})
+    run_pipeline(ctx, stop="dataset")
+    write_student_json(ctx, model_dir, adapter_dir)
+    return ctx
+
+
+def write_student_json(ctx: RunContext, model_dir: Path, adapter_dir: Path) -> None:
     write_json(ctx.stage_dir("training") / "student.json", {
         "base_model": str(model_dir), "base_model_path": str(model_dir), "adapter_dir": str(adapter_dir),
         "merged_dir": None, "mlflow_run_id": None,
         "dataset_run_id": json.loads((ctx.run_dir / "dataset" / "dataset_info.json").read_text())["dataset_run_id"],
         "device": "cpu", "quantization": "none",
     })
-    return ctx

@@ -139,16 +139,28 @@ def _slice_rows(valid_by_sex: dict[str, list[bool]]) -> list[dict]:
 
 
 def test_disparity_flags_large_gaps_and_ignores_small_slices():
-    frame = answer_frame(_slice_rows({"female": [True] * 4, "male": [False, False, True, False], "other": [True]}))
+    # n >= 20 per slice to compare; "other" (n=5) is ignored
+    frame = answer_frame(_slice_rows({"female": [True] * 20, "male": [False] * 15 + [True] * 5,
+                                      "other": [True] * 5}))
     result = {(d["tag"], d["metric"]): d for d in slice_disparity(frame, threshold=0.5)}
     validity = result[("sex", "validity")]
     assert validity["gap"] == pytest.approx(0.75) and validity["flagged"]
     assert validity["best"]["slice"] == "female" and validity["worst"]["slice"] == "male"
-    assert validity["ignored_slices"] == {"other": 1}
+    assert validity["best"]["n"] == 20 and validity["worst"]["ci95"][1] < validity["best"]["ci95"][0]
+    assert validity["ignored_slices"] == {"other": 5}
     # One slice only: nothing to compare, never flagged.
     assert result[("age_band", "validity")]["gap"] is None and not result[("age_band", "validity")]["flagged"]
     higher = {(d["tag"], d["metric"]): d for d in slice_disparity(frame, threshold=0.8)}
     assert not higher[("sex", "validity")]["flagged"]
+
+
+def test_disparity_above_threshold_is_not_flagged_when_intervals_overlap():
+    # gap 0.25 > threshold 0.2, but with n = 20 per slice the 95% intervals overlap: noise, not a disparity
+    frame = answer_frame(_slice_rows({"female": [True] * 15 + [False] * 5, "male": [True] * 10 + [False] * 10}))
+    validity = {(d["tag"], d["metric"]): d for d in slice_disparity(frame, threshold=0.2)}[("sex", "validity")]
+    assert validity["gap"] == pytest.approx(0.25) and not validity["flagged"]
+    small = answer_frame(_slice_rows({"female": [True] * 4, "male": [False] * 4}))
+    assert all(d["gap"] is None for d in slice_disparity(small, threshold=0.2))  # n < 20: never compared
 
 
 class _Rec:

@@ -39,19 +39,21 @@ def test_reports_are_written(evaluated):
     ctx, result = evaluated
     out = ctx.run_dir / "evaluation"
     for name in ("metrics.json", "comparison.md", "per_slice.csv", "mlflow_runs.json", "manifest.json",
-                 "answers_base.jsonl", "answers_student.jsonl", "answers_teacher.jsonl"):
+                 "answers_base.jsonl", "answers_student.jsonl", "answers_student_guided.jsonl",
+                 "answers_teacher.jsonl"):
         assert (out / name).exists(), name
     charts = sorted(p.name for p in (out / "charts").glob("*.png"))
     assert charts and all((out / "charts" / c).stat().st_size > 1000 for c in charts)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"base", "student", "teacher"}
+    assert set(metrics["models"]) == {"base", "student", "student_guided", "teacher"}
     assert metrics["n_examples"] == 5 == result["examples"]
     for key in ("student_validity", "student_adherence", "base_validity", "teacher_adherence"):
         assert key in metrics  # flat summary for `dvc metrics show`
     comparison = (out / "comparison.md").read_text()
-    assert "| Schema validity |" in comparison and "| base | student | teacher |" in comparison
+    assert "| Schema validity |" in comparison and "| base | student | student_guided | teacher |" in comparison
+    assert "## Plan quality" in comparison and "| Movement-pattern coverage" in comparison
     rows = list(csv.DictReader((out / "per_slice.csv").open()))
-    assert {r["model"] for r in rows} == {"base", "student", "teacher"}
+    assert {r["model"] for r in rows} == {"base", "student", "student_guided", "teacher"}
     assert {"sex", "equipment_tier", "has_condition"} <= {r["tag"] for r in rows}
 
 
@@ -59,7 +61,7 @@ def test_metrics_are_computed_from_the_answers(evaluated):
     ctx, _ = evaluated
     out = ctx.run_dir / "evaluation"
     metrics = json.loads((out / "metrics.json").read_text())
-    for role in ("base", "student", "teacher"):
+    for role in ("base", "student", "student_guided", "teacher"):
         answers = read_jsonl(out / f"answers_{role}.jsonl")
         assert len(answers) == 5
         recomputed = sum(_valid(a["response"]) for a in answers) / len(answers)
@@ -90,7 +92,8 @@ def test_each_model_is_an_mlflow_run_with_the_same_metric_names(evaluated):
     setup_mlflow(ctx.params)
     client = MlflowClient()
     runs = {role: client.get_run(rid) for role, rid in run_ids.items()}
-    assert {r.data.tags["model_role"] for r in runs.values()} == {"base", "student", "teacher"}
+    assert {r.data.tags["model_role"] for r in runs.values()} == {"base", "student", "student_guided", "teacher"}
+    assert runs["student_guided"].data.tags["decoding"] == "guided" and runs["student"].data.tags["decoding"] == "raw"
     for run in runs.values():
         assert run.data.tags["role"] == "evaluation" and run.data.tags["pipeline_run_id"] == ctx.run_id
         assert run.data.tags["dataset_run_id"].startswith("ds-")
@@ -98,6 +101,7 @@ def test_each_model_is_an_mlflow_run_with_the_same_metric_names(evaluated):
             assert key in run.data.metrics
         assert any(k.startswith("slice/sex/") for k in run.data.metrics)
     assert runs["teacher"].data.metrics["validity"] == 1.0
+    assert runs["teacher"].data.metrics["weekly_volume_error_median"] == 0.0  # plan quality is logged too
     metrics = json.loads((ctx.run_dir / "evaluation" / "metrics.json").read_text())
     assert runs["student"].data.metrics["adherence"] == metrics["models"]["student"]["adherence"]
 

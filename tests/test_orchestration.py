@@ -38,6 +38,7 @@ def tiny_overrides(tmp: Path, model_dir: Path) -> dict:
         "training.max_val_examples": 2,
         "training.max_length": 512,
         "evaluation.max_examples": 3,
+        "evaluation.max_challenge_examples": 3,
         "evaluation.max_new_tokens": 8,
         "evaluation.batch_size": 3,
         "registry.tracking_uri": f"sqlite:///{tmp / 'mlruns.db'}",

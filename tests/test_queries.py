@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +19,8 @@ from fitsense.catalogue import (
     usable_exercises,
 )
 from fitsense.config import load_params
-from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan
+from fitsense.data import phrasings
+from fitsense.data.prompts import SYSTEM_PROMPT, compact_plan, render_request, with_typo
 from fitsense.data.queries import (
     BENIGN_SYMPTOMS,
     HOME_ONLY,
@@ -151,7 +154,9 @@ def test_red_flags_require_referral_and_nothing_else_does(run):
         assert q.constraints.referral_required == is_red, q.query_id
         if symptom:
             assert symptom.text in (RED_FLAG_SYMPTOMS if is_red else BENIGN_SYMPTOMS)
-            assert symptom.text in q.messages[1].content
+            family = q.phrasing.intent
+            assert family.startswith("red_flag." if is_red else "benign.")
+            assert phrasings.INTENTS[family].canonical == symptom.text  # the wording paraphrases this symptom
         if q.context.new_injury:
             assert q.context.new_injury in q.context.injuries
         if q.context.new_condition:
@@ -174,17 +179,22 @@ def test_slices_complete_and_consistent(run):
         assert q.slices["age_band"] == ("18-29" if age < 30 else "30-44" if age < 45 else "45-59" if age < 60 else "60+")
 
 
+def _number(text: str, value: int, before: str = "", after: str = "") -> bool:
+    return re.search(rf"{before}\b{value}\b{after}", text) is not None
+
+
 def test_prompt_states_the_constraints(run):
     _, queries = run
     for q in queries:
         system, user = q.messages
         assert system.role == "system" and system.content == SYSTEM_PROMPT
         text, c = user.content, q.constraints
-        assert f"{c.days_per_week} days/week" in text
-        assert f"{c.session_minutes} min/session" in text
-        assert f"max {c.max_exercises_per_day} exercises/day" in text
-        assert f"RIR {c.rir_floor}+" in text
-        assert f"{q.context.profile.age}-year-old" in text
+        assert _number(text, c.days_per_week, after=r"(/wk| days| training days|x| sessions| workouts)"), text
+        assert _number(text, c.session_minutes, after=r"(-minute| min)"), text
+        assert _number(text, c.max_exercises_per_day, after=r"(/day| exercises)"), text
+        assert _number(text, c.rir_floor, before=r"RIR( floor:)? ", after=r"( or|\+|$)") or \
+            f"RIR floor: {c.rir_floor}" in text, text
+        assert re.search(rf"\b{q.context.profile.age}(y|F|M|\b)", text), text
         have = set(c.available_equipment) | {"bodyweight"}
         for name in c.avoid_exercises:
             if set(BY_NAME[name].equipment) <= have:  # avoidable exercises the user could otherwise pick
@@ -194,7 +204,9 @@ def test_prompt_states_the_constraints(run):
         for injury in q.context.injuries:
             assert injury.site.replace("_", " ") in text
         if q.kind == "plan_modification":
-            assert q.context.modification in text and "Current plan" in text
+            assert q.phrasing.intent.startswith("change.") and "Current plan" in text
+            for value in q.phrasing.slots.values():
+                assert str(value) in text  # the requested days, minutes or exercise are stated
         if q.kind == "progress_adaptation":
             assert "Current plan" in text
             assert all(t.name in text for t in q.context.recent_trends)
@@ -245,3 +257,47 @@ def test_prompts_fit_the_token_budget(run, tiny_model_dir):
 def test_missing_synthetic_stage_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="synthetic"):
         build_queries(_ctx(tmp_path))
+
+
+def test_phrasing_bank_sizes():
+    """>= 15 paraphrases per symptom family, >= 8 per change kind and plan request; some of each held out."""
+    for name, intent in {**phrasings.RED_FLAG, **phrasings.BENIGN}.items():
+        assert len(intent.seen) + len(intent.held_out) >= 15, name
+    for name, intent in {**phrasings.CHANGE, **phrasings.PLAN, **phrasings.SAFETY}.items():
+        assert len(intent.seen) + len(intent.held_out) >= 8, name
+    for name, intent in phrasings.INTENTS.items():
+        assert intent.held_out and len(set(intent.seen) | set(intent.held_out)) == len(intent.seen) + len(
+            intent.held_out), name
+
+
+def test_queries_are_worded_in_many_seen_phrasings(run):
+    _, queries = run
+    templates = Counter(q.phrasing.template for q in queries)
+    assert not any(q.phrasing.held_out or re.search(r"\.h\d\d$", q.phrasing.template) for q in queries)
+    assert {q.phrasing.style for q in queries} == set(phrasings.REGISTERS)
+    assert {q.phrasing.units for q in queries} == {"kg/cm", "kg/ft-in", "lb/cm", "lb/ft-in"}
+    assert 0 < sum(q.phrasing.typo for q in queries) < 0.2 * len(queries)
+    creation = [q for q in queries if q.kind == "plan_creation"]
+    assert len({q.messages[1].content.splitlines()[-1] for q in creation}) > 5
+    assert max(templates.values()) < 0.1 * len(queries)  # no single wording dominates
+    assert len({tuple(q.phrasing.fact_order) for q in queries}) > 10
+
+
+def test_rendering_is_deterministic_and_held_out_wording_differs(run):
+    _, queries = run
+    q = next(q for q in queries if q.kind == "safety_adjustment" and q.phrasing.intent.startswith("red_flag."))
+    args = (q.kind, q.context, q.constraints, q.phrasing.intent, q.phrasing.slots)
+    first = render_request(*args, np.random.default_rng([1, 2]))
+    assert render_request(*args, np.random.default_rng([1, 2])) == first
+    unseen, phrasing = render_request(*args, np.random.default_rng([1, 2]), held_out=True)
+    assert phrasing.held_out and phrasing.template.startswith(q.phrasing.intent + ".h")
+    request = phrasings.INTENTS[q.phrasing.intent].held_out[int(phrasing.template[-2:])]
+    assert request.split()[1] in unseen or phrasing.typo
+
+
+def test_typos_leave_slots_and_numbers_alone():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        out = with_typo("I can only train {days} days a week now.", rng)
+        assert "{days}" in out and out != "I can only train {days} days a week now."
+        assert sorted(out) == sorted("I can only train {days} days a week now.")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from eval_factories import make_adapter, make_eval_run
 
+from fitsense.catalogue import CATALOGUE
 from fitsense.registry.lineage import lineage
 from fitsense.registry.register import (
     RegistryError,
@@ -70,6 +71,9 @@ def test_passing_metrics_register_and_promote_with_lineage_tags(make_run):
 
     mv = MlflowClient().get_model_version(ctx.params.registry.model_name, "1")
     assert mv.tags["dataset_run_id"] == info["dataset_run_id"] and mv.tags["metric.validity"] == "0.8"
+    # the model card: lineage, the evaluation table, known failure modes
+    assert info["dataset_run_id"] in mv.description and "| Schema validity | 80.0% |" in mv.description
+    assert "## Known failure modes" in mv.description and "20.0% of answers are not a schema-valid plan" in mv.description
 
 
 def test_failing_metrics_leave_only_the_candidate_alias(make_run):
@@ -181,9 +185,23 @@ def test_registered_model_loads_and_generates(make_run):
     ctx = make_run("serve", GOOD, **{"evaluation.max_new_tokens": 8})
     register_student(ctx)
     model = mlflow.pyfunc.load_model(f"models:/{ctx.params.registry.model_name}@champion")
-    answers = model.predict([[{"role": "system", "content": "Answer in JSON."},
-                              {"role": "user", "content": "A 3-day plan, dumbbells only."}], "Just a question"])
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    conversation = [{"role": "system", "content": "Answer in JSON."},
+                    {"role": "user", "content": "A 3-day plan, dumbbells only."}]
+    answers = model.predict([conversation, "Just a question"], params={"decoding": "raw"})
+    assert len(answers) == 2 and all(isinstance(a["text"], str) and a["error"] is None for a in answers)
+    assert model.metadata.get_params_schema().to_dict() == [
+        {"name": "max_new_tokens", "type": "long", "default": 8, "shape": None},
+        {"name": "decoding", "type": "string", "default": "guided", "shape": None}]
+    constraints = {"days_per_week": 3, "session_minutes": 45, "max_exercises_per_day": 4,
+                   "available_equipment": ["bodyweight", "dumbbells"], "rir_floor": 2}
+    nothing_safe = {**constraints, "available_equipment": ["bodyweight"],
+                    "avoid_exercises": [e.name for e in CATALOGUE]}
+    guided = model.predict([{"messages": conversation, "constraints": constraints},
+                            {"messages": conversation, "constraints": nothing_safe}], params={"max_new_tokens": 6})
+    assert guided[0]["error"] is None and guided[0]["text"].startswith('{"')
+    assert guided[1]["text"] is None and "no safe exercise" in guided[1]["error"]
+    with pytest.raises(Exception, match="unknown field 'gym'"):
+        model.predict([{"messages": conversation, "constraints": {**constraints, "gym": True}}])
 
 
 def test_rerunning_the_stage_reuses_the_version(make_run):

@@ -210,6 +210,10 @@ def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model
     assert {m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")} >= {0, 2, 4}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in artifacts
+    # The safety screen is a training artifact: saved beside the adapter, named in student.json, logged to MLflow.
+    assert (out / "screen" / "screen.json").exists() and student["screen_dir"] == str((out / "screen").resolve())
+    assert "screen/screen.json" in {a.path for a in client.list_artifacts(run.info.run_id, "screen")}
+    assert "screen/threshold" in run.data.metrics
 
     model, tokenizer = load_student(tiny_model_dir, out / "adapter", device="cpu")
     assert not model.training and tokenizer.padding_side == "left" and tokenizer.pad_token is not None

@@ -46,11 +46,12 @@ import time
 from pathlib import Path
 
 from fitsense.runs import RunContext, read_json, write_json, write_manifest
-from fitsense.training.data import check_quality_gate, load_training_rows
+from fitsense.training.data import check_quality_gate, load_split, load_training_rows
 from fitsense.training.hardware import load_base_for_training, plan_hardware
 from fitsense.training.mlflow_run import log_run_inputs, start_mlflow_run
 from fitsense.training.outputs import loss_rows, save_adapter, training_metrics, write_loss_csv
 from fitsense.training.resume import RESUME_FILE, prepare_checkpoints, resume_key, tokens_at
+from fitsense.training.screen import train_screen
 from fitsense.training.student import load_tokenizer, merge_adapter, resolve_base_model, resolve_precision
 from fitsense.training.trainer import build_trainer
 
@@ -74,6 +75,20 @@ def _validation_losses(trainer, state, has_val: bool) -> tuple[float | None, flo
     if best is None:
         best = min([e["eval_loss"] for e in evals] + [final])
     return final, best
+
+
+def _train_safety_screen(ctx: RunContext, out_dir: Path) -> Path:
+    """Fit the red-flag screen on the train split (threshold on val), save it and log its figures."""
+    import mlflow
+
+    val = load_split(ctx, "val") if (ctx.run_dir / "dataset" / "val.jsonl").exists() else []
+    screen = train_screen(load_split(ctx, "train"), val, ctx.params.seed)
+    screen.save(out_dir)
+    figures = {f"screen/{split}_{k}": float(v) for split in ("train", "val")
+               for k, v in screen.metrics[split].items() if k in ("recall", "precision") and v is not None}
+    mlflow.log_metrics({**figures, "screen/threshold": screen.threshold})
+    log.info("safety screen: threshold %.3f, %s", screen.threshold, screen.metrics)
+    return out_dir
 
 
 def train_student(ctx: RunContext) -> dict:
@@ -132,6 +147,7 @@ def train_student(ctx: RunContext) -> dict:
 
         adapter_dir = stage_dir / "adapter"
         save_adapter(trainer, tokenizer, adapter_dir)
+        screen_dir = _train_safety_screen(ctx, stage_dir / "screen")
         merged_dir = merge_adapter(base_path, adapter_dir, stage_dir / "merged") if cfg.merge_adapter else None
 
         evals = [e for e in state.log_history if "eval_loss" in e]
@@ -154,6 +170,7 @@ def train_student(ctx: RunContext) -> dict:
             "base_model_path": str(base_path.resolve()),
             "adapter_dir": str(adapter_dir.resolve()),
             "merged_dir": str(Path(merged_dir).resolve()) if merged_dir else None,
+            "screen_dir": str(screen_dir.resolve()),
             "mlflow_run_id": mlflow_run_id,
             "dataset_run_id": info["dataset_run_id"],
             "dataset_digest": info["digest"],
@@ -169,11 +186,12 @@ def train_student(ctx: RunContext) -> dict:
                             ("base_val_loss", "final_val_loss", "best_val_loss", "tokens_per_s", "wall_s")
                             if metrics[k] is not None})
         mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+        mlflow.log_artifacts(str(screen_dir), artifact_path="screen")
         for name in ("metrics.json", "student.json", "loss.csv"):
             mlflow.log_artifact(str(stage_dir / name))
 
     outputs = {"adapter": adapter_dir, "metrics": stage_dir / "metrics.json", "loss": stage_dir / "loss.csv",
-               "student": stage_dir / "student.json"}
+               "student": stage_dir / "student.json", "screen": screen_dir}
     if merged_dir:
         outputs["merged"] = merged_dir
     record["completed"] = True  # a later rerun trains afresh; only a killed run resumes

@@ -1,0 +1,171 @@
+"""The per-request plan grammar: the plan schema narrowed to what one request allows.
+
+``constrained_plan_schema(constraints, referral)`` is a JSON Schema that a
+structured-generation library (xgrammar, in ``fitsense.evaluation.inference``)
+compiles into a grammar, so a guided student can only write answers that
+
+- name catalogue exercises usable with the request's equipment and not on its avoid list;
+- have exactly ``days_per_week`` days, numbered 1..n, named from the teacher's day vocabulary;
+- have at most ``max_exercises_per_day`` exercises a day, sets/reps/rest within the plan
+  schema's ranges and RIR at or above the floor;
+- keep plan name, notes, flags and reason short plain text (no markup, no quotes or braces);
+- or, when ``referral`` is set (the safety screen fired or the request requires it), are a
+  referral: no days, ``referral_required: true`` and a reason.
+
+The schema is a contract: it is never stricter than the teacher (a property
+test checks every teacher answer of a dataset against its own query's schema).
+Session length is not in the grammar (a sum over the day); the constraint
+checker still scores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from fitsense.catalogue import usable_exercises
+from fitsense.errors import UserError
+from fitsense.plan import DAY_KINDS, PlanDay, PlannedExercise, day_letter
+from fitsense.records import QueryConstraints
+
+# Plain-text fields: letters, digits and light punctuation only, so no markup, JSON or code fits.
+_TEXT = r"A-Za-z0-9 ,.;:'()+/%\-"
+PLAN_NAME_PATTERN = r"^[A-Z0-9][A-Za-z0-9 /:\-]{2,59}$"
+# Notes and reason are unbounded in the grammar (xgrammar cannot compile a bounded repeat this long in
+# reasonable time); the plan schema's own length limit still applies when the answer is parsed.
+NOTES_PATTERN = rf"^([A-Z+][{_TEXT}]*)?$"
+REASON_PATTERN = rf"^['A-Z][{_TEXT}]+$"
+FLAG_PATTERN = r"^[a-z][a-z0-9_:]{2,39}$"
+MAX_FLAGS = 4
+_REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\])")
+
+
+class NoSafeExerciseError(UserError, ValueError):
+    """A request whose equipment and avoid list leave no catalogue exercise to prescribe."""
+
+
+def _field_range(model, name: str) -> tuple[int, int]:
+    """(ge, le) of an integer field of a plan model: the schema's own ranges, declared once in fitsense.plan."""
+    meta = model.model_fields[name].metadata
+    low = next(m.ge for m in meta if hasattr(m, "ge"))
+    high = next(m.le for m in meta if hasattr(m, "le"))
+    return low, high
+
+
+def _same_length_range(low: str, high: str) -> list[str]:
+    """Regex pieces for the decimal strings low..high, both of the same length."""
+    if low == high:
+        return [low]
+    if len(low) == 1:
+        return [f"[{low}-{high}]"]
+    if low[0] == high[0]:
+        return [low[0] + rest for rest in _same_length_range(low[1:], high[1:])]
+    tail = len(low) - 1
+    pieces, first, last = [], int(low[0]), int(high[0])
+    if low[1:] != "0" * tail:
+        pieces += [low[0] + rest for rest in _same_length_range(low[1:], "9" * tail)]
+        first += 1
+    if high[1:] != "9" * tail:
+        last -= 1
+    if first <= last:
+        pieces.append((str(first) if first == last else f"[{first}-{last}]") + "[0-9]" * tail)
+    if high[1:] != "9" * tail:
+        pieces += [high[0] + rest for rest in _same_length_range("0" * tail, high[1:])]
+    return pieces
+
+
+def int_range_regex(low: int, high: int) -> str:
+    """A compact regex for the decimal integers low..high (no leading zeros), e.g. 0..600 ->
+    ``([0-9]|[1-9][0-9]|[1-5][0-9][0-9]|600)``: a few digit classes rather than 601 alternatives,
+    which keeps the grammar matcher's per-token work small."""
+    pieces = []
+    for digits in range(len(str(low)), len(str(high)) + 1):
+        lo, hi = max(low, 10 ** (digits - 1) if digits > 1 else 0), min(high, 10 ** digits - 1)
+        if lo <= hi:
+            pieces += _same_length_range(str(lo), str(hi))
+    return "(" + "|".join(pieces) + ")"
+
+
+def _literal(text: str) -> str:
+    return _REGEX_SPECIAL.sub(r"\\\1", text)
+
+
+def allowed_exercise_names(constraints: QueryConstraints) -> list[str]:
+    """Catalogue names usable with the request's equipment, minus its avoid list."""
+    return [e.name for e in usable_exercises(constraints.available_equipment, constraints.avoid_exercises)]
+
+
+def prescription_pattern(constraints: QueryConstraints) -> str:
+    """``<name> <sets>x<reps> RIR<rir> <rest>s`` with the request's names and RIR floor."""
+    names = allowed_exercise_names(constraints)
+    if not names:
+        raise NoSafeExerciseError("no safe exercise for this equipment and avoid list "
+                                  f"(equipment {constraints.available_equipment}, "
+                                  f"avoiding {len(constraints.avoid_exercises)} exercises)")
+    sets = int_range_regex(*_field_range(PlannedExercise, "sets"))
+    reps = int_range_regex(*_field_range(PlannedExercise, "reps"))
+    _, rir_max = _field_range(PlannedExercise, "rir")
+    rir = int_range_regex(constraints.rir_floor, rir_max)
+    rest = int_range_regex(*_field_range(PlannedExercise, "rest_s"))
+    alternatives = "|".join(_literal(n) for n in names)
+    return f"^({alternatives}) {sets}x{reps} RIR{rir} {rest}s$"
+
+
+def _string(pattern: str) -> dict:
+    return {"type": "string", "pattern": pattern}
+
+
+def _object(properties: dict) -> dict:
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def _day_schema(number: int, exercise: dict, max_exercises: int) -> dict:
+    kinds = "|".join(_literal(k) for k in DAY_KINDS)
+    return _object({
+        "day": {"const": number},
+        "name": _string(f"^({kinds}) {day_letter(number)}$"),
+        "exercises": {"type": "array", "items": exercise, "minItems": 1, "maxItems": max_exercises},
+    })
+
+
+def _safety_schema(referral: bool) -> dict:
+    properties = {
+        "flags": {"type": "array", "items": _string(FLAG_PATTERN), "maxItems": MAX_FLAGS},
+        "referral_required": {"const": referral},
+    }
+    if referral:
+        properties["reason"] = _string(REASON_PATTERN)
+    return _object(properties)
+
+
+def constrained_plan_schema(constraints: QueryConstraints, referral: bool = False) -> dict:
+    """The JSON Schema of every answer this request allows (see the module docstring).
+
+    ``referral`` (the safety screen's verdict) or ``constraints.referral_required`` selects the
+    referral branch. Raises ``NoSafeExerciseError`` when a plan is needed but no exercise is usable.
+    """
+    if referral or constraints.referral_required:
+        days: dict = {"type": "array", "maxItems": 0}
+        safety = _safety_schema(True)
+    else:
+        exercise = _string(prescription_pattern(constraints))
+        n = constraints.days_per_week
+        max_per_day = min(constraints.max_exercises_per_day, PlanDay.model_fields["exercises"].metadata[-1].max_length)
+        days = {"type": "array", "prefixItems": [_day_schema(i, exercise, max_per_day) for i in range(1, n + 1)],
+                "items": False, "minItems": n, "maxItems": n}
+        safety = _safety_schema(False)
+    return _object({"plan_name": _string(PLAN_NAME_PATTERN), "days": days,
+                    "notes": _string(NOTES_PATTERN), "safety": safety})
+
+
+def grammar_key(constraints: QueryConstraints, referral: bool = False) -> str:
+    """A cache key for the compiled grammar: the constraint fields the schema depends on."""
+    referral = referral or constraints.referral_required
+    fields = {"referral": referral}
+    if not referral:
+        fields.update(days=constraints.days_per_week, max_exercises=constraints.max_exercises_per_day,
+                      rir_floor=constraints.rir_floor, names=allowed_exercise_names(constraints))
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
