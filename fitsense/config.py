@@ -233,6 +233,7 @@ class ServingConfig(_Section):
     max_prompt_tokens: int = Field(default=2048, ge=16)  # longer prompts get a 400
     timeout_s: float = Field(default=300, gt=0)  # a request waiting longer for its answer gets a 504
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # as evaluation.precision
+    decoding: Literal["guided", "raw"] = "guided"  # guided: a grammar from the request's constraints (when sent)
     fallback: Literal["off", "offline", "teacher"] = "off"  # teacher = the `teacher` section's endpoint
     fallback_queries: str | None = None  # queries.jsonl the offline fallback knows (None: the run's queries)
     reload_interval_s: float = Field(default=30, ge=0)  # how often the alias is re-resolved; 0 = never

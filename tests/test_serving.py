@@ -100,6 +100,31 @@ def test_the_safety_screen_answers_red_flags_with_a_referral_without_generating(
     assert len(service.batcher.batch_sizes) == batches and resp.usage.completion_tokens == 0
 
 
+def test_guided_answers_keep_to_the_grammar_of_their_constraints(registered, queries):
+    import xgrammar as xgr
+
+    from fitsense.catalogue import CATALOGUE
+    from fitsense.plan_grammar import constrained_plan_schema
+
+    service = build_service(serving_params(registered, **{"serving.fallback": "off", "serving.max_new_tokens": 40}))
+    with running_server(service) as base_url:
+        client = _sdk(base_url)
+        resp = _create(client, queries[0])
+        nothing_safe = queries[0].constraints.model_copy(update={"avoid_exercises": [e.name for e in CATALOGUE]})
+        refused = client.chat.completions.create(model="x", messages=[m.model_dump() for m in queries[0].messages],
+                                                 extra_body={"constraints": nothing_safe.model_dump()})
+        raw = client.chat.completions.create(model="x", messages=[m.model_dump() for m in queries[0].messages])
+        compiler = service.current.engine.grammars.compiler
+    info = resp.model_extra["fitsense"]
+    assert info["decoding"] == "guided" and raw.model_extra["fitsense"]["decoding"] == "raw"
+    # The tiny random student writes only what its request's grammar allows (cut off at max_tokens).
+    grammar = compiler.compile_json_schema(json.dumps(constrained_plan_schema(queries[0].constraints, False)),
+                                           any_whitespace=False, separators=(",", ":"))
+    text = resp.choices[0].message.content
+    assert text.startswith('{"plan_name":"') and xgr.GrammarMatcher(grammar).accept_string(text), text
+    assert refused.model_extra["fitsense"]["error"].startswith("no safe exercise")
+
+
 def test_concurrent_requests_are_micro_batched(server, queries):
     base_url, service = server
 

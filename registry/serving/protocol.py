@@ -1,12 +1,13 @@
 """The seam between serving and a model: ``Answerer.answer_batch(requests) -> answers``.
 
 The server never touches a tokenizer or ``generate`` itself. An ``Answerer``
-is one loaded model version; it turns a batch of ``ServeRequest`` into one
-``ServeAnswer`` each, in order. Today's implementation (``student.StudentAnswerer``)
-decodes raw with ``fitsense.evaluation.generate.generate_answers``; a guided
-implementation (a per-request grammar built from ``ServeRequest.constraints``
-and ``response_schema``) plugs in here without any change to the HTTP layer,
-the batcher or the inference log.
+is one loaded model version with its safety screen; it turns a batch of
+``ServeRequest`` into one ``ServeAnswer`` each, in order. The implementation
+(``student.StudentAnswerer``) runs the project's one inference path
+(``fitsense.evaluation.inference.CoachInference``: a per-request grammar from
+``ServeRequest.constraints``, xgrammar-guided decoding); another model or
+decoder plugs in here without any change to the HTTP layer, the batcher or the
+inference log.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class ServeAnswer:
     prompt_tokens: int
     completion_tokens: int
     decoding: str = "raw"  # raw | guided
+    error: str | None = None  # why the request could not be answered (e.g. no safe exercise for its constraints)
 
 
 @dataclass(frozen=True)

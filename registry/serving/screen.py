@@ -1,48 +1,35 @@
 """The safety screen run before generation: red-flag symptoms get a clinician referral, not a plan.
 
-``RuleScreen`` is a short, readable list of red-flag patterns over the user's
-own words (system messages are not screened). It is the fallback screen: when
-a model version ships a trained screen beside its adapter (the guided-decoding
-work trains a scikit-learn classifier there), ``load_screen`` should prefer it
-and OR it with these rules; until then every version is screened by the rules.
+Each model version ships its screen (``fitsense.training.screen``: a trained
+scikit-learn classifier OR'd with the red-flag rule list), logged as the
+``screen`` artifact of the registered model; a version registered without one
+is screened by the rules alone. ``VersionScreen`` puts it behind the serving
+``Screen`` interface.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from fitsense.plan import CoachAnswer, SafetyBlock
 from fitsense.registry.serving.protocol import ScreenDecision, ServeRequest
-
-# name -> pattern; each is a symptom that needs a clinician before any training advice.
-RED_FLAG_RULES: dict[str, re.Pattern] = {name: re.compile(pattern, re.I) for name, pattern in {
-    "chest_pain": r"\bchest (pain|tightness|pressure)\b|\bpain in (my|the) chest\b",
-    "fainting": r"\b(faint(ed|ing)?|pass(ed)? out|blacked out|black out|lost consciousness)\b",
-    "breathless_at_rest": r"\bshort(ness)? of breath (even )?(at|while at|when at) rest\b|\bbreathless (at|while) rest",
-    "irregular_heartbeat": r"\bheart (races|racing|flutters|pounds) irregular|\birregular (heart ?beat|pulse)|palpitations",
-    "hot_swollen_joint": r"\bsudden(ly)? (severe )?swell(ing|en)\b|\bswollen,? hot\b|\bhot and (painful|swollen)\b",
-    "calf_clot_signs": r"\b(pain|swelling)( and (pain|swelling))? in (one|my) calf\b|\bcalf (pain|swelling) that won",
-}.items()}
+from fitsense.training.screen import SafetyScreen, user_text
+from fitsense.training.screen import load_screen as load_safety_screen
 
 REFERRAL_REASON = ("Your message describes a symptom ({flags}) that needs a clinician's assessment before any "
                    "training plan. Please see a doctor; stop strenuous exercise until you have.")
 
 
-def user_text(messages: list[dict]) -> str:
-    return "\n".join(m["content"] for m in messages if m["role"] == "user")
-
-
-class RuleScreen:
-    name = "rules"
+class VersionScreen:
+    def __init__(self, safety: SafetyScreen):
+        self.safety = safety
 
     def screen(self, request: ServeRequest) -> ScreenDecision:
-        text = user_text(request.messages)
-        fired = [name for name, pattern in RED_FLAG_RULES.items() if pattern.search(text)]
-        if not fired:
+        verdict = self.safety.screen([user_text(request.messages)])[0]
+        if not verdict.refer:
             return ScreenDecision(refer=False)
-        return ScreenDecision(refer=True, reason=REFERRAL_REASON.format(flags=", ".join(fired).replace("_", " ")),
-                              flags=fired)
+        flags = verdict.rules or ["classifier"]
+        return ScreenDecision(refer=True, reason=REFERRAL_REASON.format(flags=", ".join(flags)), flags=flags)
 
 
 def referral_answer(decision: ScreenDecision) -> CoachAnswer:
@@ -52,7 +39,8 @@ def referral_answer(decision: ScreenDecision) -> CoachAnswer:
                        safety=SafetyBlock(flags=list(decision.flags), referral_required=True, reason=decision.reason))
 
 
-def load_screen(model_dir: Path, flavor: dict) -> RuleScreen:
+def load_screen(model_dir: Path, flavor: dict) -> VersionScreen:
     """The screen that ships with a model version (``model_dir``: its downloaded artifacts, ``flavor``: its
-    python_function flavor, whose ``artifacts`` would name a trained screen); the rule list until one does."""
-    return RuleScreen()
+    python_function flavor, whose ``artifacts`` name the trained screen)."""
+    path = (flavor.get("artifacts") or {}).get("screen", {}).get("path")
+    return VersionScreen(load_safety_screen(model_dir / path if path else None))

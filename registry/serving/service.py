@@ -224,7 +224,8 @@ class CoachService:
             answerer, ref, generated = await asyncio.wait_for(self.batcher.submit(request), self.cfg.timeout_s)
         except asyncio.TimeoutError:
             raise GenerationTimeout(f"no answer within {self.cfg.timeout_s:g}s (serving.timeout_s)") from None
-        check = check_text(generated.text, request)
+        check = Check(valid=False, violations=[], error=generated.error) if generated.error \
+            else check_text(generated.text, request)
         served = ServedAnswer(text=generated.text, model_id=ref.model_id, fingerprint=ref.fingerprint,
                               screen=decision, student=check, prompt_tokens=generated.prompt_tokens,
                               completion_tokens=generated.completion_tokens, decoding=generated.decoding)

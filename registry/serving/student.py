@@ -1,11 +1,14 @@
-"""A registered model version as an ``Answerer``: the adapter from MLflow, raw decoding with ``generate_answers``.
+"""A registered model version as an ``Answerer``: the adapter and screen from MLflow, on the one inference path.
 
 ``resolve_model_uri`` turns ``models:/<name>@<alias>`` or ``models:/<name>/<version>``
 into a concrete version (number and adapter digest); ``load_version``
 downloads that version's artifacts and loads base + adapter with
 ``fitsense.training.student.load_student``, the loader evaluation uses. The
 adapter is folded into the weights (as evaluation does) so each decoding step
-costs what the base model's does.
+costs what the base model's does. Answers go through
+``fitsense.evaluation.inference.CoachInference``, the path evaluation and the
+pyfunc use: guided decoding (``serving.decoding``) for a request that carries
+constraints, raw decoding for one that does not.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from pathlib import Path
 
 from fitsense.config import Params
 from fitsense.errors import LineageError
-from fitsense.evaluation.generate import generate_answers
+from fitsense.evaluation.inference import CoachInference, CoachRequest
 from fitsense.registry.register import UnknownVersionError, resolve_version
-from fitsense.registry.serving.protocol import Screen, ServeAnswer, ServeRequest
-from fitsense.registry.serving.screen import load_screen
+from fitsense.registry.serving.protocol import ServeAnswer, ServeRequest
+from fitsense.registry.serving.screen import VersionScreen, load_screen
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +89,14 @@ def _base_model_path(config: dict, params: Params) -> Path:
 
 
 class StudentAnswerer:
-    """One registered version, loaded: raw greedy decoding in batches."""
+    """One registered version, loaded: greedy decoding in batches, guided by each request's constraints."""
 
-    def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path, screen: Screen):
+    def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path, screen: VersionScreen,
+                 decoding: str = "guided"):
         self.ref = ref
         self.screen = screen
+        self.decoding = decoding
+        self.engine = CoachInference(model, tokenizer, screen.safety)
         self.version = ref.version
         self.fingerprint = ref.fingerprint
         self.model_dir = model_dir
@@ -105,19 +111,21 @@ class StudentAnswerer:
         return len(self._counter(text, add_special_tokens=False)["input_ids"])
 
     def answer_batch(self, requests: list[ServeRequest]) -> list[ServeAnswer]:
-        # Rows of one generate call share max_new_tokens: group by it, keep the request order.
+        # Rows of one generate call share max_new_tokens and decoding: group by them, keep the request order.
         out: list[ServeAnswer | None] = [None] * len(requests)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.max_new_tokens, []).append(i)
+            decoding = self.decoding if r.constraints is not None else "raw"  # a grammar needs constraints
+            groups.setdefault((r.max_new_tokens, decoding), []).append(i)
         with self._lock:
-            for max_new, rows in groups.items():
-                gens = generate_answers(self.model, self.tokenizer, [requests[i].messages for i in rows],
-                                        max_new_tokens=max_new, batch_size=len(rows), seed=self.seed,
-                                        label=f"serve v{self.version}")
-                for i, g in zip(rows, gens):
-                    out[i] = ServeAnswer(text=g.text, prompt_tokens=g.prompt_tokens,
-                                         completion_tokens=g.completion_tokens)
+            for (max_new, decoding), rows in groups.items():
+                replies = self.engine.answer([CoachRequest(requests[i].messages, requests[i].constraints)
+                                              for i in rows], decoding=decoding, max_new_tokens=max_new,
+                                             batch_size=len(rows), seed=self.seed, label=f"serve v{self.version}")
+                for i, reply in zip(rows, replies):
+                    out[i] = ServeAnswer(text=reply.text or "", prompt_tokens=reply.prompt_tokens,
+                                         completion_tokens=reply.completion_tokens, decoding=decoding,
+                                         error=reply.error)
         return out  # type: ignore[return-value]
 
 
@@ -139,4 +147,5 @@ def load_version(params: Params, ref: ModelRef) -> StudentAnswerer:
     model, tokenizer = load_student(base, adapter, device=params.training.device, precision=params.serving.precision)
     model = model.merge_and_unload()
     log.info("loaded %s (adapter %s) from %s", ref.model_id, ref.fingerprint[:12], base)
-    return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir, load_screen(model_dir, flavor))
+    return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir, load_screen(model_dir, flavor),
+                           decoding=params.serving.decoding)
