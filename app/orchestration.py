@@ -2,18 +2,23 @@
 
 Each Airflow task calls ``run_stage_task(stage, dag_params, airflow_run_id)``: it
 loads ``params.yaml``, applies the DAG run's Params as overrides, derives the
-pipeline run ID from Airflow's run ID, and calls the same stage function that
-the CLI and ``dvc.yaml`` call.
+pipeline run ID from Airflow's run ID (or takes the ``pipeline_run_id`` Param),
+and calls the same stage function that the CLI and ``dvc.yaml`` call. As with
+``fitsense run``, a stage already complete for these params in that pipeline run
+is skipped, unless an upstream stage finished after it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from fitsense.config import Params, load_params
-from fitsense.runs import RunContext
+from fitsense.runs import MANIFEST, RunContext
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,19 +56,40 @@ def context_for_task(dag_params: dict, airflow_run_id: str) -> RunContext:
 
     params = params_from_dag(dag_params)
     configure_logging(extra_env_names=(params.teacher.api_key_env,))
-    return RunContext.create(params, pipeline_run_id(airflow_run_id))
+    return RunContext.create(params, pipeline_run_id(dag_params.get("pipeline_run_id") or airflow_run_id))
+
+
+def up_to_date(ctx: RunContext, stage: str) -> bool:
+    """Complete for these params, and no upstream stage finished after it (else it reruns, as in the CLI)."""
+    from fitsense.app.pipeline import STAGE_NAMES, is_complete
+
+    if not is_complete(ctx, stage):
+        return False
+    finished = [(ctx.run_dir / s / MANIFEST) for s in STAGE_NAMES[: STAGE_NAMES.index(stage) + 1]]
+    times = [path.stat().st_mtime if path.exists() else float("inf") for path in finished]
+    return all(t <= times[-1] for t in times[:-1])
+
+
+def _skipped(ctx: RunContext, stage: str) -> dict:
+    log.info("stage %s: complete for these params in run %s, skipped", stage, ctx.run_id)
+    return {"skipped": True}
 
 
 def run_stage_task(stage: str, dag_params: dict, airflow_run_id: str) -> dict:
     from fitsense.app.pipeline import run_stage
 
-    return run_stage(context_for_task(dag_params, airflow_run_id), stage)
+    ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, stage):
+        return _skipped(ctx, stage)
+    return run_stage(ctx, stage)
 
 
 def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airflow_run_id: str) -> dict:
     from fitsense.data.teacher.capture import capture_teacher_responses
 
     ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, "teacher"):
+        return _skipped(ctx, "teacher")
     return capture_teacher_responses(ctx, shard_index=shard_index, num_shards=num_shards)
 
 
@@ -73,6 +99,8 @@ def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) ->
     from fitsense.data.teacher.capture import merge_teacher_shards
 
     ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, "teacher"):
+        return _skipped(ctx, "teacher")
     result = merge_teacher_shards(ctx, num_shards)
     mark_complete(ctx, "teacher")
     return result

@@ -94,6 +94,8 @@ def _teacher_tasks(upstream):
     default_args={"retries": 0},
     params={
         "params_file": Param("params.yaml", type="string", description="params file, relative to the project"),
+        "pipeline_run_id": Param(None, type=["null", "string"],
+                                 description="reuse a pipeline run: its stages complete for these params are skipped"),
         "seed": Param(None, type=["null", "integer"], minimum=0),
         "n_users": Param(None, type=["null", "integer"], minimum=1),
         "n_queries": Param(None, type=["null", "integer"], minimum=1),
