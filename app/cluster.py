@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -73,6 +74,11 @@ class AirflowApi:
     def task_instances(self, run_id: str) -> list[dict]:
         return self.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", limit=200)["task_instances"]
 
+    def returned(self, run_id: str, ti: dict):
+        resp = self.http.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}"
+                             "/xcomEntries/return_value", params={"map_index": ti["map_index"]})
+        return resp.json().get("value") if resp.status_code == 200 else None
+
     def tries(self, run_id: str, ti: dict) -> list[dict]:
         path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ti['task_id']}"
         if ti["map_index"] >= 0:
@@ -89,25 +95,29 @@ def task_label(ti: dict) -> str:
 
 
 def overlapping_shards(tasks: list[dict]) -> list[list[str]]:
-    """Pairs of teacher shards whose runs overlapped in time on different workers."""
-    shards = [t for t in tasks if t["task_id"] == SHARD_TASK and t["start"] and t["end"]]
-    return [[a["task"], b["task"]] for i, a in enumerate(shards) for b in shards[i + 1:]
-            if a["hostname"] != b["hostname"] and max(a["start"], b["start"]) < min(a["end"], b["end"])]
+    """Pairs of teacher shards that ran at the same time on different workers (any of their tries)."""
+    runs = [(t["task"], x["hostname"], x["start"], x["end"]) for t in tasks if t["task_id"] == SHARD_TASK
+            for x in t.get("tries") or [t] if x["start"] and x["end"]]
+    pairs = {tuple(sorted((a[0], b[0]))) for i, a in enumerate(runs) for b in runs[i + 1:]
+             if a[0] != b[0] and a[1] != b[1] and max(a[2], b[2]) < min(a[3], b[3])}
+    return [list(p) for p in sorted(pairs)]
 
 
 def _task_row(api: AirflowApi, run_id: str, ti: dict) -> dict:
     row = {"task": task_label(ti), "task_id": ti["task_id"], "map_index": ti["map_index"],
            "hostname": ti.get("hostname") or "", "queue": ti.get("queue"), "state": ti.get("state"),
            "duration_s": round(ti["duration"], 1) if ti.get("duration") is not None else None,
-           "start": _ts(ti.get("start_date")), "end": _ts(ti.get("end_date")), "try_number": ti.get("try_number")}
+           "start": _ts(ti.get("start_date")), "end": _ts(ti.get("end_date")), "try_number": ti.get("try_number"),
+           "skipped": ti.get("state") == "success" and api.returned(run_id, ti) == {"skipped": True}}
     if (ti.get("try_number") or 1) > 1:
-        row["tries"] = [{"try_number": t["try_number"], "hostname": t.get("hostname") or "", "state": t.get("state")}
+        row["tries"] = [{"try_number": t["try_number"], "hostname": t.get("hostname") or "", "state": t.get("state"),
+                         "start": _ts(t.get("start_date")), "end": _ts(t.get("end_date"))}
                         for t in api.tries(run_id, ti)]
     return row
 
 
 def _kill_worker(kill_command: str, worker: str) -> None:
-    subprocess.run([*kill_command.split(), worker], check=True)
+    subprocess.run([*shlex.split(kill_command), worker], check=True)
 
 
 def run_and_wait(api: AirflowApi, conf: dict, timeout_s: float, kill_worker: str | None = None,
@@ -149,18 +159,20 @@ def _pipeline_outputs(conf: dict) -> dict:
         return {}
     run_dir = Path(artifacts) / pipeline_run
     out: dict = {"run_dir": str(run_dir)}
-    for key, rel in (("dataset_info", "dataset/dataset_info.json"), ("registration", "registry/registration.json")):
+    for key, rel in (("dataset_info", "dataset/dataset_info.json"), ("registration", "registry/registration.json"),
+                     ("teacher_summary", "teacher/summary.json")):
         if (run_dir / rel).exists():
             out[key] = json.loads((run_dir / rel).read_text())
     return out
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'task':30} {'worker':12} {'queue':8} {'state':10} {'seconds':>8}  tries"]
+    lines = [f"{'task':26} {'worker':11} {'queue':8} {'state':16} {'seconds':>7}  {'stage':8} tries"]
     for t in report["tasks"]:
         tries = " -> ".join(f"{x['hostname'] or '?'}:{x['state']}" for x in t.get("tries", [])) or t["try_number"]
-        lines.append(f"{t['task']:30} {t['hostname']:12} {t['queue'] or '':8} {t['state'] or '':10} "
-                     f"{t['duration_s'] if t['duration_s'] is not None else '-':>8}  {tries}")
+        seconds = t["duration_s"] if t["duration_s"] is not None else "-"
+        lines.append(f"{t['task']:26} {t['hostname']:11} {t['queue'] or '':8} {t['state'] or '':16} {seconds:>7}  "
+                     f"{'skipped' if t['skipped'] else 'ran':8} {tries}")
     overlap = report["overlapping_shards"]
     lines.append("teacher shards overlapped on different workers: "
                  + (", ".join(" & ".join(pair) for pair in overlap) if overlap else "no"))

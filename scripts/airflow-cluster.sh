@@ -29,26 +29,46 @@ TINY_MODEL=${FITSENSE_TEST_CACHE:-$REPO/.cache/test}/tiny-llama
 die() { echo "airflow-cluster: $*" >&2; exit 1; }
 note() { echo "airflow-cluster: $*"; }
 
+marked_pids() {  # processes started by this cluster (they carry its FITSENSE_CLUSTER_ID)
+  grep -lsxFz "FITSENSE_CLUSTER_ID=$DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
+}
+
 session_pids() { ps -e -o pid=,sid= | awk -v s="$1" '$2 == s {print $1}'; }
 
-stop_session() {  # stop_session NAME [SIGNAL]: signal every process of NAME's session, then make sure
-  local file=$DIR/pids/$1 sig=${2:-TERM} sid pids
-  [ -f "$file" ] || return 0
-  sid=$(cat "$file")
-  pids=$(session_pids "$sid")
-  [ -n "$pids" ] && kill "-$sig" $pids 2>/dev/null || true
-  for _ in $(seq 50); do
-    [ -z "$(session_pids "$sid")" ] && break
+signal_sessions() {  # signal_sessions SIGNAL NAME...: every process in each NAME's session
+  local name pids
+  for name in "${@:2}"; do
+    [ -f "$DIR/pids/$name" ] || continue
+    pids=$(session_pids "$(cat "$DIR/pids/$name")")
+    [ -n "$pids" ] && kill "-$1" $pids 2>/dev/null || true
+  done
+}
+
+alive_sessions() {  # the NAMEs whose sessions still have a process
+  local name
+  for name in "$@"; do
+    [ -f "$DIR/pids/$name" ] && [ -n "$(session_pids "$(cat "$DIR/pids/$name")")" ] && echo "$name"
+  done
+  return 0
+}
+
+stop_sessions() {  # stop_sessions SIGNAL NAME...: signal, wait up to 15 s, then SIGKILL what is left
+  local sig=$1 name; shift
+  signal_sessions "$sig" "$@"
+  for _ in $(seq 75); do
+    [ -z "$(alive_sessions "$@")" ] && break
     sleep 0.2
   done
-  pids=$(session_pids "$sid")
-  [ -n "$pids" ] && kill -KILL $pids 2>/dev/null || true
-  rm -f "$file"
+  signal_sessions KILL $(alive_sessions "$@")
+  sleep 0.2
+  for name in "$@"; do [ -z "$(alive_sessions "$name")" ] && rm -f "$DIR/pids/$name"; done
+  return 0
 }
 
 start() {  # start NAME CMD...: run CMD in a new session, log to logs/NAME.log, record the session ID
   local name=$1; shift
-  setsid "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  # FITSENSE_CLUSTER_ID marks the processes (and their children), so `down` can check none is left.
+  FITSENSE_CLUSTER_ID=$DIR setsid "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
   echo "$!" >"$DIR/pids/$name"
   echo "$name" >>"$DIR/pids/order"
 }
@@ -149,8 +169,8 @@ up() {
   fi
   local t0=$SECONDS
   rm -rf "$DIR"
-  mkdir -p "$DIR"/{logs,pids,airflow,artifacts,mlartifacts,redis,pg}
-  trap '[ $? = 0 ] || { echo "airflow-cluster: stopping what was started" >&2; down >/dev/null 2>&1; }' EXIT
+  mkdir -p "$DIR"/{logs,pids,airflow,artifacts,mlartifacts,redis}
+  trap '[ $? = 0 ] || [ -z "$(ls "$DIR/pids")" ] || { echo "airflow-cluster: stopping what was started" >&2; down >/dev/null 2>&1; }' EXIT
   . .venv/bin/activate
   check_system
   write_env
@@ -158,10 +178,13 @@ up() {
   . "$DIR/env.sh"
 
 
-  [ "$(id -u)" = 0 ] && chown postgres "$DIR/pg"
-  "${AS_PG[@]}" "$PG_BIN/initdb" -D "$DIR/pg/data" -A trust -U fitsense >"$DIR/logs/initdb.log" 2>&1 \
+  # The database lives in /tmp: the postgres user can reach it there, and its socket path stays short.
+  PG_DIR=$(mktemp -d /tmp/fitsense-cluster-pg.XXXXXX)
+  echo "$PG_DIR" >"$DIR/pg-dir"
+  [ "$(id -u)" = 0 ] && chown postgres "$PG_DIR"
+  "${AS_PG[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U fitsense >"$DIR/logs/initdb.log" 2>&1 \
     || die "initdb failed (see $DIR/logs/initdb.log)"
-  start postgres "${AS_PG[@]}" "$PG_BIN/postgres" -D "$DIR/pg/data" -p "$PG_PORT" -k "$DIR/pg" \
+  start postgres "${AS_PG[@]}" "$PG_BIN/postgres" -D "$PG_DIR/data" -p "$PG_PORT" -k "$PG_DIR" \
     -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off
   start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$DIR/redis" --save "" --appendonly no
   wait_for postgres 60 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"
@@ -213,7 +236,7 @@ trigger() {
   done
   python -m fitsense.app.cluster trigger --api "http://127.0.0.1:$API_PORT" \
     --passwords-file "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" --conf "$conf" \
-    --kill-command "bash $REPO/scripts/airflow-cluster.sh kill-worker" "${args[@]}"
+    --kill-command "bash $(printf %q "$REPO/scripts/airflow-cluster.sh") kill-worker" "${args[@]}"
 }
 
 status() {
@@ -227,22 +250,26 @@ status() {
 
 kill_worker() {  # like a worker machine dying: SIGKILL to its whole session, task processes included
   [ -f "$DIR/pids/$1" ] || die "no running worker named $1"
-  stop_session "$1" KILL
+  stop_sessions KILL "$1"
 }
 
 down() {
   [ -f "$DIR/pids/order" ] || { note "nothing to stop in $DIR"; return 0; }
   local name left=""
-  for name in $(tac "$DIR/pids/order"); do
-    case $name in
-      postgres) stop_session "$name" INT ;;  # fast shutdown
-      *) stop_session "$name" TERM ;;
-    esac
-  done
+  # Clients first, all at once; the databases last (SIGINT: PostgreSQL's fast shutdown).
+  stop_sessions TERM $(grep -vxE "postgres|redis" "$DIR/pids/order")
+  stop_sessions TERM redis
+  stop_sessions INT postgres
   for name in $(cat "$DIR/pids/order"); do [ -f "$DIR/pids/$name" ] && left="$left $name"; done
   rm -f "$DIR/pids/order"
   [ -z "$left" ] || die "could not stop:$left"
-  note "down: every process of the cluster stopped (data and logs kept in $DIR)"
+  [ -f "$DIR/pg-dir" ] && rm -rf "$(cat "$DIR/pg-dir")" "$DIR/pg-dir"  # the databases go with the cluster
+  left=$(marked_pids)  # e.g. a task process that left its worker's session
+  if [ -n "$left" ]; then
+    kill -KILL $left 2>/dev/null || true
+    note "killed leftover processes:" $left
+  fi
+  note "down: every process of the cluster stopped (artifacts and logs kept in $DIR)"
 }
 
 case ${1:-} in
