@@ -33,35 +33,41 @@ marked_pids() {  # processes started by this cluster (they carry its FITSENSE_CL
   grep -lsxFz "FITSENSE_CLUSTER_ID=$DIR" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
 }
 
-session_pids() { ps -e -o pid=,sid= | awk -v s="$1" '$2 == s {print $1}'; }
+# Live processes only: a zombie (exited, not yet reaped by init) counts as stopped.
+session_pids() { ps -e -o pid=,sid=,stat= | awk -v s="$1" '$2 == s && $3 !~ /^Z/ {print $1}'; }
 
-signal_sessions() {  # signal_sessions SIGNAL NAME...: every process in each NAME's session
-  local name pids
-  for name in "${@:2}"; do
-    [ -f "$DIR/pids/$name" ] || continue
-    pids=$(session_pids "$(cat "$DIR/pids/$name")")
-    [ -n "$pids" ] && kill "-$1" $pids 2>/dev/null || true
-  done
-}
+session_of() { cat "$DIR/pids/$1" 2>/dev/null; }
 
-alive_sessions() {  # the NAMEs whose sessions still have a process
-  local name
+alive_sessions() {  # the NAMEs whose sessions still have a process (one ps for all of them)
+  local table name sid
+  table=$(ps -e -o sid=,stat= | awk '$2 !~ /^Z/ {print $1}')
   for name in "$@"; do
-    [ -f "$DIR/pids/$name" ] && [ -n "$(session_pids "$(cat "$DIR/pids/$name")")" ] && echo "$name"
+    sid=$(session_of "$name") || continue
+    grep -qx "$sid" <<<"$table" && echo "$name"
   done
   return 0
 }
 
-stop_sessions() {  # stop_sessions SIGNAL NAME...: signal, wait up to 15 s, then SIGKILL what is left
-  local sig=$1 name; shift
-  signal_sessions "$sig" "$@"
-  for _ in $(seq 75); do
-    [ -z "$(alive_sessions "$@")" ] && break
-    sleep 0.2
+signal_sessions() {  # signal_sessions SIGNAL NAME...: every process in each NAME's session
+  local name pids
+  for name in "${@:2}"; do
+    pids=$(session_pids "$(session_of "$name")")
+    [ -n "$pids" ] && kill "-$1" $pids 2>/dev/null || true
   done
-  signal_sessions KILL $(alive_sessions "$@")
-  sleep 0.2
-  for name in "$@"; do [ -z "$(alive_sessions "$name")" ] && rm -f "$DIR/pids/$name"; done
+}
+
+stop_sessions() {  # stop_sessions SIGNAL NAME...: signal, wait up to 15 s, then SIGKILL what is left
+  local sig=$1 name deadline=$((SECONDS + 15)); shift
+  signal_sessions "$sig" "$@"
+  while [ -n "$(alive_sessions "$@")" ] && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
+  local stuck
+  stuck=$(alive_sessions "$@")
+  if [ -n "$stuck" ]; then
+    note "still running 15 s after SIG$sig, killed:" $stuck
+    signal_sessions KILL $stuck
+    sleep 0.2
+  fi
+  for name in "$@"; do [ -n "$(alive_sessions "$name")" ] || rm -f "$DIR/pids/$name"; done
   return 0
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -27,6 +28,11 @@ def _missing() -> str | None:
         return "redis-server is not installed (apt-get install redis-server)"
     if not (shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb")):
         return "PostgreSQL is not installed (apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root without a postgres user to run PostgreSQL as"
     try:
         import airflow.providers.celery  # noqa: F401
     except ImportError:
