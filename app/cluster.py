@@ -97,7 +97,7 @@ def task_label(ti: dict) -> str:
 def overlapping_shards(tasks: list[dict]) -> list[list[str]]:
     """Pairs of teacher shards that ran at the same time on different workers (any of their tries)."""
     runs = [(t["task"], x["hostname"], x["start"], x["end"]) for t in tasks if t["task_id"] == SHARD_TASK
-            for x in t.get("tries") or [t] if x["start"] and x["end"]]
+            for x in t.get("tries") or [t] if x["start"] is not None and x["end"] is not None]
     pairs = {tuple(sorted((a[0], b[0]))) for i, a in enumerate(runs) for b in runs[i + 1:]
              if a[0] != b[0] and a[1] != b[1] and max(a[2], b[2]) < min(a[3], b[3])}
     return [list(p) for p in sorted(pairs)]

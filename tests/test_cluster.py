@@ -40,8 +40,6 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
-
 
 def _free_port_base() -> int:
     """A port base whose ports are all free, so the test never meets another cluster."""
@@ -104,6 +102,8 @@ def _by_task(report: dict) -> dict[str, dict]:
     return {t["task"]: t for t in report["tasks"]}
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 def test_cluster_run_survives_a_killed_worker_then_skips_completed_stages(cluster):
     # One full run (a full run costs minutes on 2 cores): worker-cpu dies while it captures a teacher shard.
     first = cluster.trigger("first", "--kill-worker-during-shard", "worker-cpu")
@@ -140,3 +140,44 @@ def test_cluster_run_survives_a_killed_worker_then_skips_completed_stages(cluste
     assert second["registration"]["version"] == registration["version"]
     print(f"first run (a worker killed) {first['wall_s']} s, skip-rerun {second['wall_s']} s")
     assert second["wall_s"] < 0.5 * first["wall_s"]
+
+
+# --------------------------------------------------------------------------- the pieces, without a cluster
+
+
+def _shard(index: int, host: str, start: float, end: float, tries: list | None = None) -> dict:
+    return {"task": f"capture_teacher_shard[{index}]", "task_id": "capture_teacher_shard", "hostname": host,
+            "start": start, "end": end, **({"tries": tries} if tries else {})}
+
+
+def test_shards_overlap_only_in_time_and_on_different_workers():
+    from fitsense.app.cluster import overlapping_shards
+
+    assert overlapping_shards([_shard(0, "a", 0, 10), _shard(1, "b", 5, 15)]) == [
+        ["capture_teacher_shard[0]", "capture_teacher_shard[1]"]]
+    assert overlapping_shards([_shard(0, "a", 0, 10), _shard(1, "a", 5, 15)]) == []  # one worker
+    assert overlapping_shards([_shard(0, "a", 0, 10), _shard(1, "b", 10, 15)]) == []  # one after the other
+    # A killed try counts: shard 0 ran on "a" beside shard 1 on "b" before its retry went to "b".
+    tries = [{"hostname": "a", "start": 0, "end": 8}, {"hostname": "b", "start": 20, "end": 30}]
+    assert overlapping_shards([_shard(0, "b", 20, 30, tries), _shard(1, "b", 1, 12)]) == [
+        ["capture_teacher_shard[0]", "capture_teacher_shard[1]"]]
+
+
+def test_a_reused_pipeline_run_skips_complete_stages_until_an_upstream_one_reruns(tmp_path):
+    from fitsense.app.orchestration import context_for_task, up_to_date
+    from fitsense.app.pipeline import mark_complete
+
+    dag_params = {"pipeline_run_id": "reused", "overrides": {"run.artifacts_dir": str(tmp_path)}}
+    ctx = context_for_task(dag_params, "manual__2026-01-05T10:00:00+00:00")
+    assert ctx.run_id == "reused"
+    assert not up_to_date(ctx, "synthetic")
+    for stage in ("synthetic", "queries"):
+        mark_complete(ctx, stage)
+    assert up_to_date(ctx, "synthetic") and up_to_date(ctx, "queries")
+
+    later = (ctx.run_dir / "synthetic" / "manifest.json").stat().st_mtime + 5
+    os.utime(ctx.run_dir / "synthetic" / "manifest.json", (later, later))  # synthetic reran after queries
+    assert up_to_date(ctx, "synthetic") and not up_to_date(ctx, "queries")
+
+    other = context_for_task({**dag_params, "overrides": {**dag_params["overrides"], "queries.n_queries": 7}}, "x")
+    assert not up_to_date(other, "queries")  # other params: not complete for them
