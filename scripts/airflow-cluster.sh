@@ -65,7 +65,8 @@ stop_sessions() {  # stop_sessions SIGNAL NAME...: signal, wait up to 15 s, then
   if [ -n "$stuck" ]; then
     note "still running 15 s after SIG$sig, killed:" $stuck
     signal_sessions KILL $stuck
-    sleep 0.2
+    deadline=$((SECONDS + 10))  # a killed process can take a moment to go
+    while [ -n "$(alive_sessions $stuck)" ] && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
   fi
   for name in "$@"; do [ -n "$(alive_sessions "$name")" ] || rm -f "$DIR/pids/$name"; done
   return 0
@@ -266,10 +267,12 @@ down() {
   stop_sessions TERM $(grep -vxE "postgres|redis" "$DIR/pids/order")
   stop_sessions TERM redis
   stop_sessions INT postgres
+  if [ ! -f "$DIR/pids/postgres" ] && [ -f "$DIR/pg-dir" ]; then
+    rm -rf "$(cat "$DIR/pg-dir")" "$DIR/pg-dir"  # the databases go with the cluster
+  fi
   for name in $(cat "$DIR/pids/order"); do [ -f "$DIR/pids/$name" ] && left="$left $name"; done
+  [ -z "$left" ] || die "could not stop:$left (see scripts/airflow-cluster.sh status; run down again)"
   rm -f "$DIR/pids/order"
-  [ -z "$left" ] || die "could not stop:$left"
-  [ -f "$DIR/pg-dir" ] && rm -rf "$(cat "$DIR/pg-dir")" "$DIR/pg-dir"  # the databases go with the cluster
   left=$(marked_pids)  # e.g. a task process that left its worker's session
   if [ -n "$left" ]; then
     kill -KILL $left 2>/dev/null || true

@@ -102,46 +102,6 @@ def _by_task(report: dict) -> dict[str, dict]:
     return {t["task"]: t for t in report["tasks"]}
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
-def test_cluster_run_survives_a_killed_worker_then_skips_completed_stages(cluster):
-    # One full run (a full run costs minutes on 2 cores): worker-cpu dies while it captures a teacher shard.
-    first = cluster.trigger("first", "--kill-worker-during-shard", "worker-cpu")
-    tasks = _by_task(first)
-    assert first["state"] == "success", first["tasks"]
-    assert tasks["training"]["queue"] == "gpu" and tasks["training"]["hostname"] == "worker-gpu", tasks["training"]
-    assert first["overlapping_shards"], [(t["task"], t.get("tries"), t["start"], t["end"]) for t in first["tasks"]]
-
-    # The killed shard was retried on the other worker, and no teacher record is duplicated.
-    assert first["killed"], "worker-cpu never ran a teacher shard"
-    killed = tasks[first["killed"]["task"]]
-    assert killed["tries"][0]["hostname"] == "worker-cpu", killed
-    assert killed["hostname"] == "worker-gpu" and killed["state"] == "success", killed
-    records = (Path(first["run_dir"]) / "teacher" / "records.jsonl").read_text().splitlines()
-    ids = [json.loads(r)["query_id"] for r in records]
-    assert len(ids) == first["conf"]["overrides"]["queries.n_queries"] == len(set(ids))
-
-    # The registered version carries this run's dataset run ID, read back from the MLflow server.
-    from mlflow import MlflowClient
-
-    registration = first["registration"]
-    client = MlflowClient(first["conf"]["overrides"]["registry.tracking_uri"])
-    version = client.get_model_version(registration["model_name"], str(registration["version"]))
-    assert version.tags["dataset_run_id"] == first["dataset_info"]["dataset_run_id"]
-    assert version.tags["pipeline_run_id"] == first["conf"]["pipeline_run_id"]
-
-    # The same params again: every stage is complete in this pipeline run, so each task skips it.
-    run_dir = Path(first["run_dir"])
-    manifests = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/manifest.json")}
-    second = cluster.trigger("second")
-    assert second["state"] == "success", second["tasks"]
-    assert [t["task"] for t in second["tasks"] if not t["skipped"]] == ["teacher_shards"], second["tasks"]
-    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/manifest.json")} == manifests
-    assert second["registration"]["version"] == registration["version"]
-    print(f"first run (a worker killed) {first['wall_s']} s, skip-rerun {second['wall_s']} s")
-    assert second["wall_s"] < 0.5 * first["wall_s"]
-
-
 # --------------------------------------------------------------------------- the pieces, without a cluster
 
 
@@ -181,3 +141,46 @@ def test_a_reused_pipeline_run_skips_complete_stages_until_an_upstream_one_rerun
 
     other = context_for_task({**dag_params, "overrides": {**dag_params["overrides"], "queries.n_queries": 7}}, "x")
     assert not up_to_date(other, "queries")  # other params: not complete for them
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+def test_cluster_run_survives_a_killed_worker_then_skips_completed_stages(cluster):
+    # One full run (a full run costs minutes on 2 cores): worker-cpu dies while it captures a teacher shard.
+    first = cluster.trigger("first", "--kill-worker-during-shard", "worker-cpu")
+    tasks = _by_task(first)
+    assert first["state"] == "success", first["tasks"]
+    assert tasks["training"]["queue"] == "gpu" and tasks["training"]["hostname"] == "worker-gpu", tasks["training"]
+    assert first["overlapping_shards"], [(t["task"], t.get("tries"), t["start"], t["end"]) for t in first["tasks"]]
+
+    # The killed shard was retried on the other worker, and no teacher record is duplicated.
+    assert first["killed"], "worker-cpu never ran a teacher shard"
+    killed = tasks[first["killed"]["task"]]
+    assert killed["tries"][0]["hostname"] == "worker-cpu", killed
+    assert killed["hostname"] == "worker-gpu" and killed["state"] == "success", killed
+    records = (Path(first["run_dir"]) / "teacher" / "records.jsonl").read_text().splitlines()
+    ids = [json.loads(r)["query_id"] for r in records]
+    assert len(ids) == first["conf"]["overrides"]["queries.n_queries"] == len(set(ids))
+
+    # The registered version carries this run's dataset run ID, read back from the MLflow server.
+    from mlflow import MlflowClient
+
+    registration = first["registration"]
+    client = MlflowClient(first["conf"]["overrides"]["registry.tracking_uri"])
+    version = client.get_model_version(registration["model_name"], str(registration["version"]))
+    assert version.tags["dataset_run_id"] == first["dataset_info"]["dataset_run_id"]
+    assert version.tags["pipeline_run_id"] == first["conf"]["pipeline_run_id"]
+
+    # The same params again: every stage is complete in this pipeline run, so each task skips it.
+    run_dir = Path(first["run_dir"])
+    manifests = {p: p.stat().st_mtime_ns for p in run_dir.glob("*/manifest.json")}
+    second = cluster.trigger("second")
+    assert second["state"] == "success", second["tasks"]
+    assert [t["task"] for t in second["tasks"] if not t["skipped"]] == ["teacher_shards"], second["tasks"]
+    assert {p: p.stat().st_mtime_ns for p in run_dir.glob("*/manifest.json")} == manifests
+    assert second["registration"]["version"] == registration["version"]
+    print(f"first run (a worker killed) {first['wall_s']} s, skip-rerun {second['wall_s']} s")
+    assert second["wall_s"] < 0.5 * first["wall_s"]
