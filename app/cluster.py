@@ -154,7 +154,7 @@ def run_and_wait(api: AirflowApi, conf: dict, timeout_s: float, kill_worker: str
 def _pipeline_outputs(conf: dict) -> dict:
     """The registration and dataset run ID the run left in the shared artifacts directory."""
     artifacts = (conf.get("overrides") or {}).get("run.artifacts_dir")
-    pipeline_run = conf.get("pipeline_run_id")
+    pipeline_run = conf.get("run_id")
     if not artifacts or not pipeline_run:
         return {}
     run_dir = Path(artifacts) / pipeline_run

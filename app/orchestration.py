@@ -2,8 +2,9 @@
 
 Each Airflow task calls ``run_stage_task(stage, dag_params, airflow_run_id)``: it
 loads ``params.yaml``, applies the DAG run's Params as overrides, derives the
-pipeline run ID from Airflow's run ID (or takes the ``pipeline_run_id`` Param),
-and calls the same stage function that the CLI and ``dvc.yaml`` call. As with
+pipeline run ID from Airflow's run ID (or takes the ``run_id`` Param), and calls
+the same stage function that the CLI and ``dvc.yaml`` call. A task that completes
+a stage of the DVC pipeline's run records it in dvc.lock (app/dvcsync.py). As with
 ``fitsense run``, a stage already complete for these params in that pipeline run
 is skipped, unless an upstream stage finished after it.
 """
@@ -56,7 +57,7 @@ def context_for_task(dag_params: dict, airflow_run_id: str) -> RunContext:
 
     params = params_from_dag(dag_params)
     configure_logging(extra_env_names=(params.teacher.api_key_env,))
-    return RunContext.create(params, pipeline_run_id(dag_params.get("pipeline_run_id") or airflow_run_id))
+    return RunContext.create(params, dag_params.get("run_id") or pipeline_run_id(airflow_run_id))
 
 
 def up_to_date(ctx: RunContext, stage: str) -> bool:
@@ -76,12 +77,15 @@ def _skipped(ctx: RunContext, stage: str) -> dict:
 
 
 def run_stage_task(stage: str, dag_params: dict, airflow_run_id: str) -> dict:
+    from fitsense.app.dvcsync import record_and_push
     from fitsense.app.pipeline import run_stage
 
     ctx = context_for_task(dag_params, airflow_run_id)
     if up_to_date(ctx, stage):
         return _skipped(ctx, stage)
-    return run_stage(ctx, stage)
+    result = run_stage(ctx, stage)
+    record_and_push(ctx, [stage])  # only for the DVC pipeline's run (DAG Param run_id = params.yaml's)
+    return result
 
 
 def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airflow_run_id: str) -> dict:
@@ -103,4 +107,7 @@ def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) ->
         return _skipped(ctx, "teacher")
     result = merge_teacher_shards(ctx, num_shards)
     mark_complete(ctx, "teacher")
+    from fitsense.app.dvcsync import record_and_push
+
+    record_and_push(ctx, ["teacher"])
     return result

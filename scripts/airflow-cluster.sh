@@ -7,7 +7,7 @@
 #
 #   scripts/airflow-cluster.sh up                 start everything (a fresh cluster in $FITSENSE_CLUSTER_DIR)
 #   scripts/airflow-cluster.sh trigger [opts]     run the DAG through the REST API and report
-#       --pipeline-run-id ID   reuse a pipeline run (default: cluster); its completed stages are skipped
+#       --run-id ID   reuse a pipeline run (default: cluster); its completed stages are skipped
 #       --set key=value        a params.yaml override on top of the tiny configuration
 #       --kill-worker-during-shard NAME   kill worker NAME while it runs a teacher shard
 #       --report FILE          also write the report as JSON
@@ -159,7 +159,7 @@ EOF
 
 write_conf() {  # the tiny configuration, pointed at this cluster's services and shared directory
   cat >"$DIR/tiny-conf.json" <<EOF
-{"pipeline_run_id": "cluster", "teacher_shards": 2, "teacher_provider": "openai",
+{"run_id": "cluster", "teacher_shards": 2, "teacher_provider": "openai",
  "teacher_base_url": "http://127.0.0.1:$TEACHER_PORT/v1",
  "overrides": {"synthetic.n_users": $USERS, "queries.n_queries": $QUERIES,
    "run.artifacts_dir": "$DIR/artifacts", "teacher.cache_dir": "$DIR/teacher-cache", "teacher.concurrency": 1,
@@ -236,7 +236,7 @@ trigger() {
   conf=$(cat "$DIR/tiny-conf.json")
   while [ $# -gt 0 ]; do
     case $1 in
-      --pipeline-run-id) conf=$(python -c "import json,sys; c=json.loads(sys.argv[1]); c['pipeline_run_id']=sys.argv[2]; print(json.dumps(c))" "$conf" "$2"); shift 2 ;;
+      --run-id) conf=$(python -c "import json,sys; c=json.loads(sys.argv[1]); c['run_id']=sys.argv[2]; print(json.dumps(c))" "$conf" "$2"); shift 2 ;;
       --set) conf=$(python -c "import json,sys,yaml; c=json.loads(sys.argv[1]); k,v=sys.argv[2].split('=',1); c['overrides'][k]=yaml.safe_load(v); print(json.dumps(c))" "$conf" "$2"); shift 2 ;;
       *) args+=("$1"); shift ;;
     esac
@@ -287,5 +287,5 @@ case ${1:-} in
   status) status ;;
   kill-worker) kill_worker "${2:?worker name}" ;;
   down) down ;;
-  *) die "usage: $0 up | trigger [--pipeline-run-id ID] [--set key=value] [--kill-worker-during-shard NAME] [--report FILE] | status | kill-worker NAME | down" ;;
+  *) die "usage: $0 up | trigger [--run-id ID] [--set key=value] [--kill-worker-during-shard NAME] [--report FILE] | status | kill-worker NAME | down" ;;
 esac

@@ -127,7 +127,7 @@ def test_a_reused_pipeline_run_skips_complete_stages_until_an_upstream_one_rerun
     from fitsense.app.orchestration import context_for_task, up_to_date
     from fitsense.app.pipeline import mark_complete
 
-    dag_params = {"pipeline_run_id": "reused", "overrides": {"run.artifacts_dir": str(tmp_path)}}
+    dag_params = {"run_id": "reused", "overrides": {"run.artifacts_dir": str(tmp_path)}}
     ctx = context_for_task(dag_params, "manual__2026-01-05T10:00:00+00:00")
     assert ctx.run_id == "reused"
     assert not up_to_date(ctx, "synthetic")
@@ -172,7 +172,7 @@ def test_cluster_run_survives_a_killed_worker_then_skips_completed_stages(cluste
     client = MlflowClient(first["conf"]["overrides"]["registry.tracking_uri"])
     version = client.get_model_version(registration["model_name"], str(registration["version"]))
     assert version.tags["dataset_run_id"] == first["dataset_info"]["dataset_run_id"]
-    assert version.tags["pipeline_run_id"] == first["conf"]["pipeline_run_id"]
+    assert version.tags["pipeline_run_id"] == first["conf"]["run_id"]
 
     # The same params again: every stage is complete in this pipeline run, so each task skips it.
     run_dir = Path(first["run_dir"])
