@@ -4,17 +4,22 @@ Each Airflow task calls ``run_stage_task(stage, dag_params, airflow_run_id)``: i
 loads ``params.yaml``, applies the DAG run's Params as overrides, derives the
 pipeline run ID from Airflow's run ID (or takes the ``run_id`` Param), and calls
 the same stage function that the CLI and ``dvc.yaml`` call. A task that completes
-a stage of the DVC pipeline's run records it in dvc.lock (app/dvcsync.py).
+a stage of the DVC pipeline's run records it in dvc.lock (app/dvcsync.py). As with
+``fitsense run``, a stage already complete for these params in that pipeline run
+is skipped, unless an upstream stage finished after it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from fitsense.config import Params, load_params
-from fitsense.runs import RunContext
+from fitsense.runs import MANIFEST, RunContext
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,11 +60,29 @@ def context_for_task(dag_params: dict, airflow_run_id: str) -> RunContext:
     return RunContext.create(params, dag_params.get("run_id") or pipeline_run_id(airflow_run_id))
 
 
+def up_to_date(ctx: RunContext, stage: str) -> bool:
+    """Complete for these params, and no upstream stage finished after it (else it reruns, as in the CLI)."""
+    from fitsense.app.pipeline import STAGE_NAMES, is_complete
+
+    if not is_complete(ctx, stage):
+        return False
+    finished = [(ctx.run_dir / s / MANIFEST) for s in STAGE_NAMES[: STAGE_NAMES.index(stage) + 1]]
+    times = [path.stat().st_mtime if path.exists() else float("inf") for path in finished]
+    return all(t <= times[-1] for t in times[:-1])
+
+
+def _skipped(ctx: RunContext, stage: str) -> dict:
+    log.info("stage %s: complete for these params in run %s, skipped", stage, ctx.run_id)
+    return {"skipped": True}
+
+
 def run_stage_task(stage: str, dag_params: dict, airflow_run_id: str) -> dict:
     from fitsense.app.dvcsync import record_and_push
     from fitsense.app.pipeline import run_stage
 
     ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, stage):
+        return _skipped(ctx, stage)
     result = run_stage(ctx, stage)
     record_and_push(ctx, [stage])  # only for the DVC pipeline's run (DAG Param run_id = params.yaml's)
     return result
@@ -69,6 +92,8 @@ def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airf
     from fitsense.data.teacher.capture import capture_teacher_responses
 
     ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, "teacher"):
+        return _skipped(ctx, "teacher")
     return capture_teacher_responses(ctx, shard_index=shard_index, num_shards=num_shards)
 
 
@@ -78,6 +103,8 @@ def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) ->
     from fitsense.data.teacher.capture import merge_teacher_shards
 
     ctx = context_for_task(dag_params, airflow_run_id)
+    if up_to_date(ctx, "teacher"):
+        return _skipped(ctx, "teacher")
     result = merge_teacher_shards(ctx, num_shards)
     mark_complete(ctx, "teacher")
     from fitsense.app.dvcsync import record_and_push

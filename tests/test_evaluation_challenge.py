@@ -78,7 +78,7 @@ def test_per_example_tables_in_mlflow_have_one_row_per_query_per_model(evaluated
     ctx, _, out = evaluated
     setup_mlflow(ctx.params)
     run_ids = json.loads((out / "mlflow_runs.json").read_text())
-    expected = {"base": 4, "student": 8, "teacher": 8}
+    expected = {"base": 4, "student": 8, "student_guided": 8, "teacher": 8}
     for role, run_id in run_ids.items():
         table = mlflow.load_table(PER_EXAMPLE_TABLE, run_ids=[run_id])
         assert len(table) == expected[role] and set(table["model"]) == {role}

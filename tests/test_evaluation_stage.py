@@ -124,7 +124,7 @@ def test_every_model_is_audited_with_the_coaching_rules(evaluated):
 
     ctx, _ = evaluated
     audit = json.loads((ctx.run_dir / "evaluation" / "metrics.json").read_text())["audit"]
-    assert set(audit) == {"base", "student", "teacher"}
+    assert set(audit) == {"base", "student", "student_guided", "teacher"}
     teacher = audit["teacher"]
     assert set(teacher) == set(RULE_NAMES)
     assert teacher["no_repeat_in_day"]["n"] >= 1 and teacher["no_repeat_in_day"]["ci95"] is not None
