@@ -130,7 +130,10 @@ class SplitConfig(_Section):
 class DatasetConfig(_Section):
     require_valid: bool = True  # keep only schema-valid, constraint-adherent answers
     dedup: Literal["exact", "near", "embedding"] = "near"
-    near_dup_threshold: float = Field(default=0.95, gt=0, le=1)
+    near_dup_threshold: float = Field(default=0.95, gt=0, le=1)  # embedding mode: cosine of sentence embeddings
+    near_dup_jaccard: float = Field(default=0.8, gt=0, le=1)  # near mode: request and answer MinHash Jaccard
+    minhash_perm: int = Field(default=128, ge=16, le=1024)  # MinHash permutations per signature
+    shingle_words: int = Field(default=2, ge=1, le=10)  # words per shingle
     splits: SplitConfig = Field(default_factory=SplitConfig)
     stratify_by: list[str] = Field(default_factory=lambda: ["kind", "has_condition"])
 
