@@ -148,6 +148,7 @@ class DatasetConfig(_Section):
 
 class QualityConfig(_Section):
     anomaly_contamination: float = Field(default=0.02, gt=0, le=0.5)
+    anomaly_fit_sample: int | None = Field(default=100_000, ge=10)  # records the IsolationForest is fitted on
     drift_reference: str | None = None  # a run id or a path to a stats JSON; None = no drift check
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     min_slice_share: float = Field(default=0.03, ge=0, le=1)

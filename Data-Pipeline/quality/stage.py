@@ -72,7 +72,8 @@ def run_data_quality(ctx: RunContext) -> dict:
     frames = tables.artifacts()
     stats = artifact_stats(frames)
     anomalies = anomalies_mod.detect_anomalies(tables.teacher, tables.queries, cfg.anomaly_contamination,
-                                               ctx.params.seed, ctx.params.teacher.max_retries + 1)
+                                               ctx.params.seed, ctx.params.teacher.max_retries + 1,
+                                               cfg.anomaly_fit_sample)
     warnings += [f"anomaly: teacher record {r['query_id']}: {'; '.join(r['reasons'])}"
                  for r in anomalies["flagged"]]
     try:
