@@ -65,9 +65,9 @@ def report(results: dict[str, dict[int, dict]]) -> str:
     for stage, per_size in results.items():
         cells = "".join(f"{per_size[n]['seconds']:>12.1f} {per_size[n]['peak_rss_mb']:>9}" for n in sizes)
         lines.append(f"{stage:<12}{cells}   {slopes(per_size)}")
-    totals = {n: round(sum(results[s][n]["seconds"] for s in results), 1) for n in sizes}
-    lines.append(f"{'total':<12}" + "".join(f"{totals[n]:>12.1f} {max(results[s][n]['peak_rss_mb'] for s in results):>9}"
-                                            for n in sizes))
+    seconds = {n: sum(results[s][n]["seconds"] for s in results) for n in sizes}
+    peak = {n: max(results[s][n]["peak_rss_mb"] for s in results) for n in sizes}
+    lines.append(f"{'total':<12}" + "".join(f"{seconds[n]:>12.1f} {peak[n]:>9}" for n in sizes))
     return "\n".join(lines)
 
 
