@@ -28,13 +28,14 @@ class RowCost:
     bytes_per_row: int  # peak RSS growth per row
 
 
-# Measured peak RSS growth per row at 10k and 100k queries (2.5 queries per user).
+# Peak RSS per row at 100k queries and 40k users (bench_data_scale.py: 1.4, 1.5, 3.8, 4.5, 2.4 GB),
+# less BASE_BYTES, rounded up ~15%.
 STAGE_ROW_COSTS: dict[str, RowCost] = {
     "synthetic": RowCost("synthetic.n_users", 40_000),
-    "queries": RowCost("queries.n_queries", 20_000),
-    "teacher": RowCost("queries.n_queries", 45_000),
-    "dataset": RowCost("queries.n_queries", 55_000),
-    "quality": RowCost("queries.n_queries", 30_000),
+    "queries": RowCost("queries.n_queries", 12_000),
+    "teacher": RowCost("queries.n_queries", 38_000),
+    "dataset": RowCost("queries.n_queries", 45_000),
+    "quality": RowCost("queries.n_queries", 21_000),
 }
 
 
