@@ -2,7 +2,8 @@
 
 Reads ``queries/queries.jsonl`` and ``teacher/records.jsonl``, keeps answers
 that pass schema and constraint validation (re-checked here, not trusted from
-the capture flags), drops exact and near duplicates, splits train/val/test
+the capture flags) and, with ``dataset.require_audit``, every coaching rule of
+``fitsense.audit``, drops exact and near duplicates, splits train/val/test
 stratified by query kind and slice tags and grouped by user (no user in two
 splits), and writes each split as JSONL and Parquet of ``DistillRecord``.
 
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from fitsense.audit import audit_answer, audit_passed
 from fitsense.config import DatasetConfig
 from fitsense.constraints import check_answer
 from fitsense.data import dedup
@@ -211,6 +213,8 @@ def build_distillation_dataset(ctx: RunContext) -> dict:
     cands: list[Candidate] = []
     for q in sorted(queries, key=lambda q: q.query_id):
         answer, reason = _validated(q, by_query.get(q.query_id), cfg.require_valid)
+        if answer is not None and cfg.require_audit and not audit_passed(audit_answer(answer, q)):
+            answer, reason = None, "audit_failed"
         if answer is None:
             dropped[reason] += 1
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
+from fitsense import audit
 from fitsense.catalogue import BY_NAME, CONDITIONS, EQUIPMENT_TIERS, usable_exercises
 from fitsense.constraints import session_seconds
 
@@ -50,6 +51,9 @@ _DAY_SLOTS = {
     "Upper": ("push_h", "pull_h", "push_v", "pull_v", "iso_upper", "iso_upper", "core", "carry"),
     "Lower": ("squat", "hinge", "lunge", "core", "iso_lower", "hinge", "squat", "carry"),
 }
+# How many leading slots of each day kind are its main patterns (rotated across the week).
+_MAIN_SLOTS = {"Full Body": 6, "Upper": 4, "Lower": 3}
+_SAME_SIDE = {"push_v": "push_h", "push_h": "push_v", "pull_v": "pull_h", "pull_h": "pull_v"}
 _SPLITS = {
     1: ("Full Body",),
     2: ("Full Body", "Full Body"),
@@ -106,28 +110,48 @@ def build_plan(
             lower = ex.primary_muscle in ("quads", "hamstrings", "glutes", "calves")
             by_pattern.setdefault("iso_lower" if lower else "iso_upper", []).append(ex.name)
     # Fewer exercises than the limit for novices: the limit is what fits, not what is wise.
-    limit = min(max_exercises_per_day(session_minutes), _EXERCISES[experience] + (session_minutes >= 75))
+    # A one-day week gets room for every major pattern.
+    wanted = max(_EXERCISES[experience] + (session_minutes >= 75), -(-len(audit.PATTERN_GROUPS) // days))
+    limit = min(max_exercises_per_day(session_minutes), wanted)
+    week_cap = audit.WEEKLY_HARD_SETS[goal][1]
+    week_sets: dict[str, int] = {}
     comp_reps, iso_reps, goal_rir, rest = _GOAL_DOSE[goal]
     rir = min(5, max(floor, goal_rir))
     sets = _SETS[experience]
     conditioning = [n for n in by_pattern.get("conditioning", []) if n != "Burpee" or experience != "beginner"]
 
     out_days = []
+    seen_of_kind: dict[str, int] = {}
     for day_no, kind in enumerate(_SPLITS[days], start=1):
         chosen: list[str] = []
-        for slot_i, pattern in enumerate(_DAY_SLOTS[kind]):
+        # Each further day of a kind starts where the last one stopped in the main slots, so a
+        # short day still leaves every main pattern (and push and pull alike) in the week.
+        main = _MAIN_SLOTS[kind]
+        offset = (seen_of_kind.get(kind, 0) * min(limit, main)) % main
+        seen_of_kind[kind] = seen_of_kind.get(kind, 0) + 1
+        slots = _DAY_SLOTS[kind]
+        slots = slots[offset:main] + slots[:offset] + slots[main:]
+        for slot_i, pattern in enumerate(slots):
             if len(chosen) >= limit:
                 break
-            options = [n for n in by_pattern.get(pattern, []) if n not in chosen]
+            # no such exercise: the other push (or pull) direction keeps the push/pull balance
+            options = [n for n in by_pattern.get(pattern, by_pattern.get(_SAME_SIDE.get(pattern), []))
+                       if n not in chosen and week_sets.get(audit.muscle_group(n), 0) + sets <= week_cap]
             if options:
                 chosen.append(_pick(options, f"{variant}|{day_no}|{slot_i}|{pattern}"))
+                group = audit.muscle_group(chosen[-1])
+                week_sets[group] = week_sets.get(group, 0) + sets
         if goal in ("fat_loss", "endurance") and conditioning and len(chosen) < limit:
             chosen.append(_pick(conditioning, f"{variant}|{day_no}|cond"))
         for ex in usable:  # top up from anything usable when the slots ran dry
             if len(chosen) >= min(limit, 3):
                 break
-            if ex.name not in chosen:
+            group = audit.muscle_group(ex.name)
+            if ex.name not in chosen and week_sets.get(group, 0) + sets <= week_cap:
                 chosen.append(ex.name)
+                week_sets[group] = week_sets.get(group, 0) + sets
+        if not chosen:  # every group is at its weekly cap: a non-major exercise, else any
+            chosen.append(next((e.name for e in usable if audit.muscle_group(e.name) is None), usable[0].name))
         exercises = []
         for name in chosen:
             ex = BY_NAME[name]

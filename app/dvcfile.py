@@ -41,27 +41,19 @@ def _artifact(stage: str, name: str = "") -> str:
     return f"{RUN_DIR}/{stage}" + (f"/{name}" if name else "")
 
 
-def _out(stage: Stage, name: str) -> str | dict:
-    flags = {}
-    if name in stage.persist:
-        flags["persist"] = True
-    if name in stage.uncached:
-        flags["cache"] = False
-    path = _artifact(stage.name, name)
-    return {path: flags} if flags else path
-
-
 def dvc_stage(stage: Stage) -> dict:
+    # Every output goes to the DVC cache, metrics and plots included: artifacts/ is not in git, so an
+    # uncached output would be missing from every other clone, and `dvc repro` there would redo its stage.
     entry: dict = {
         "cmd": f"fitsense stage {stage.name}",
         "deps": [*stage.code, *(_artifact(*dep.split("/", 1)) for dep in stage.inputs)],
         "params": list(stage.params),
-        "outs": [_out(stage, name) for name in stage.outs],
+        "outs": [_artifact(stage.name, name) for name in stage.outs],
     }
     if stage.metrics:
-        entry["metrics"] = [{_artifact(stage.name, m): {"cache": False}} for m in stage.metrics]
+        entry["metrics"] = [_artifact(stage.name, m) for m in stage.metrics]
     if stage.plots:
-        entry["plots"] = [{_artifact(stage.name, p): {"cache": False}} for p in stage.plots]
+        entry["plots"] = [_artifact(stage.name, p) for p in stage.plots]
     return entry
 
 

@@ -2,8 +2,9 @@
 
 Each Airflow task calls ``run_stage_task(stage, dag_params, airflow_run_id)``: it
 loads ``params.yaml``, applies the DAG run's Params as overrides, derives the
-pipeline run ID from Airflow's run ID, and calls the same stage function that
-the CLI and ``dvc.yaml`` call.
+pipeline run ID from Airflow's run ID (or takes the ``run_id`` Param), and calls
+the same stage function that the CLI and ``dvc.yaml`` call. A task that completes
+a stage of the DVC pipeline's run records it in dvc.lock (app/dvcsync.py).
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ def context_for_task(dag_params: dict, airflow_run_id: str) -> RunContext:
 
     params = params_from_dag(dag_params)
     configure_logging(extra_env_names=(params.teacher.api_key_env,))
-    return RunContext.create(params, pipeline_run_id(airflow_run_id))
+    return RunContext.create(params, dag_params.get("run_id") or pipeline_run_id(airflow_run_id))
 
 
 def run_stage_task(stage: str, dag_params: dict, airflow_run_id: str) -> dict:
+    from fitsense.app.dvcsync import record_and_push
     from fitsense.app.pipeline import run_stage
 
-    return run_stage(context_for_task(dag_params, airflow_run_id), stage)
+    ctx = context_for_task(dag_params, airflow_run_id)
+    result = run_stage(ctx, stage)
+    record_and_push(ctx, [stage])  # only for the DVC pipeline's run (DAG Param run_id = params.yaml's)
+    return result
 
 
 def capture_shard_task(shard_index: int, num_shards: int, dag_params: dict, airflow_run_id: str) -> dict:
@@ -75,4 +80,7 @@ def merge_shards_task(num_shards: int, dag_params: dict, airflow_run_id: str) ->
     ctx = context_for_task(dag_params, airflow_run_id)
     result = merge_teacher_shards(ctx, num_shards)
     mark_complete(ctx, "teacher")
+    from fitsense.app.dvcsync import record_and_push
+
+    record_and_push(ctx, ["teacher"])
     return result

@@ -33,11 +33,10 @@ class Stage:
     params: tuple[str, ...]  # params.yaml sections or dotted keys this stage reads (besides upstream ones)
     code: tuple[str, ...]  # source files and folders, relative to the project root
     inputs: tuple[str, ...] = ()  # upstream artifacts: "stage" (its whole folder) or "stage/file"
+    # Outputs are versioned in the DVC cache (app/dvcfile.py says why none is `cache: false`).
     outs: tuple[str, ...] = ()  # artifacts under this stage's folder ("" is the whole folder)
-    metrics: tuple[str, ...] = ()  # small JSON files, kept in git (not in the DVC cache)
-    plots: tuple[str, ...] = ()  # CSV files, kept in git
-    persist: tuple[str, ...] = ()  # outputs kept between runs (checkpoints a killed run resumes from)
-    uncached: tuple[str, ...] = ()  # outputs kept in git rather than the DVC cache
+    metrics: tuple[str, ...] = ()  # small JSON files (`dvc metrics show`)
+    plots: tuple[str, ...] = ()  # CSV files (`dvc plots show`)
 
     def load(self) -> Callable[[RunContext], dict]:
         module, func = self.entry.split(":")
@@ -76,29 +75,30 @@ STAGES: tuple[Stage, ...] = (
           params=("quality", "seed", "synthetic.anchor_date", "dataset.require_valid", "teacher.max_retries"),
           code=("Data-Pipeline/quality",),
           inputs=("synthetic", "queries", "teacher", "dataset"),
-          outs=("report.md", "gate.json", "data_docs"), metrics=("metrics.json",)),
+          outs=("report.md", "gate.json", "data_docs", "charts", "validation.json", "stats.json", "anomalies.json",
+                "drift.json", "bias.json", "manifest.json"), metrics=("metrics.json",)),
     Stage("training", "fitsense.training.train:train_student",
           "LoRA / QLoRA fine-tune of the student",
           command="train",
           params=("training", "registry.tracking_uri", "registry.experiment"),
           code=("training",),
           inputs=("dataset", "quality/gate.json"),
-          outs=("adapter", "student.json", "checkpoints"), persist=("checkpoints",),
-          metrics=("metrics.json",), plots=("loss.csv",)),
+          # checkpoints/ is resume state, not an output: not worth versioning, and DVC leaves it alone.
+          outs=("adapter", "student.json", "manifest.json"), metrics=("metrics.json",), plots=("loss.csv",)),
     Stage("evaluation", "fitsense.evaluation.evaluate:evaluate_models",
           "base student vs fine-tuned student vs teacher on the test split",
           command="evaluate",
           params=("evaluation",),
           code=("evaluation",),
-          inputs=("dataset", "teacher", "training/adapter", "training/student.json"),
-          outs=("comparison.md", "charts"), metrics=("metrics.json",), plots=("per_slice.csv",)),
+          inputs=("queries", "dataset", "teacher", "training/adapter", "training/student.json"),
+          outs=("comparison.md", "charts", "manifest.json"), metrics=("metrics.json",), plots=("per_slice.csv",)),
     Stage("registry", "fitsense.registry.register:register_student",
           "register the student in MLflow with its dataset lineage",
           command="register",
           params=("registry",),
           code=("registry",),
           inputs=("evaluation/metrics.json", "training/student.json"),
-          outs=("registration.json",), uncached=("registration.json",)),
+          outs=("registration.json", "manifest.json")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -160,13 +160,24 @@ def stage_range(start: str | None = None, stop: str | None = None) -> list[str]:
 def run_pipeline(
     ctx: RunContext, start: str | None = None, stop: str | None = None, force: bool = False
 ) -> dict[str, dict]:
-    """Run stages in order, skipping those already complete with the same params (resume)."""
+    """Run stages in order, skipping those already complete with the same params (resume).
+
+    Stages it runs of the DVC pipeline's run are recorded in dvc.lock and pushed (app/dvcsync.py);
+    skipped ones are left as DVC sees them (the resume check above knows params, not code).
+    """
+    from fitsense.app.dvcsync import DvcRecorder
+
     results: dict[str, dict] = {}
-    for name in stage_range(start, stop):
-        if not force and is_complete(ctx, name):
-            log.info("stage %s: complete for these params, skipped", name)
-            results[name] = {"skipped": True}
-            continue
-        force = True  # everything downstream of a rerun stage reruns too
-        results[name] = run_stage(ctx, name)
+    dvc = DvcRecorder(ctx)
+    try:
+        for name in stage_range(start, stop):
+            if not force and is_complete(ctx, name):
+                log.info("stage %s: complete for these params, skipped", name)
+                results[name] = {"skipped": True}
+                continue
+            force = True  # everything downstream of a rerun stage reruns too
+            results[name] = run_stage(ctx, name)
+            dvc.stage_done(name)
+    finally:
+        dvc.push()  # what completed, also when a later stage failed
     return results

@@ -94,6 +94,9 @@ def _teacher_tasks(upstream):
     default_args={"retries": 0},
     params={
         "params_file": Param("params.yaml", type="string", description="params file, relative to the project"),
+        "run_id": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9._-]{1,128}$",
+                        description="pipeline run ID (null: from Airflow's run ID); params.yaml's run.run_id "
+                                    "with no overrides is the DVC pipeline's run, recorded in dvc.lock"),
         "seed": Param(None, type=["null", "integer"], minimum=0),
         "n_users": Param(None, type=["null", "integer"], minimum=1),
         "n_queries": Param(None, type=["null", "integer"], minimum=1),

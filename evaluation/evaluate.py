@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from fitsense.errors import StageError
+from fitsense.evaluation.audit_metrics import audit_by_model
 from fitsense.evaluation.generate import Generation, generate_answers
 from fitsense.evaluation.metrics import (
     MIN_SLICE_EXAMPLES,
@@ -36,7 +37,7 @@ from fitsense.evaluation.report import (
     write_per_slice_csv,
 )
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
-from fitsense.records import DistillRecord, TeacherRecord
+from fitsense.records import CoachingQuery, DistillRecord, TeacherRecord
 from fitsense.runs import (
     RunContext,
     locate_artifact,
@@ -267,6 +268,10 @@ def evaluate_models(ctx: RunContext) -> dict:
         "n_examples": len(examples),
         **compute_metrics(tables, cfg.disparity_threshold),
     }
+    queries_path = ctx.run_dir / "queries" / "queries.jsonl"
+    if queries_path.exists():  # the coaching-rule audit needs each example's query (its current plan, goal)
+        by_id = {q.query_id: q for q in read_jsonl(queries_path, CoachingQuery)}
+        metrics["audit"] = audit_by_model(texts, [by_id.get(ex.query_id) for ex in examples])
     metrics["charts"] = write_charts(out / "charts", metrics)
     metrics.update(_flat_summary(metrics))
     files["metrics"] = write_json(out / "metrics.json", metrics)

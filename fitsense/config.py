@@ -129,6 +129,7 @@ class SplitConfig(_Section):
 
 class DatasetConfig(_Section):
     require_valid: bool = True  # keep only schema-valid, constraint-adherent answers
+    require_audit: bool = False  # also drop answers that fail a coaching rule (fitsense.audit)
     dedup: Literal["exact", "near", "embedding"] = "near"
     near_dup_threshold: float = Field(default=0.95, gt=0, le=1)  # embedding mode: cosine of sentence embeddings
     near_dup_jaccard: float = Field(default=0.8, gt=0, le=1)  # near mode: request and answer MinHash Jaccard
@@ -156,6 +157,8 @@ class QualityConfig(_Section):
     fail_on_bias: bool = False  # bias flags warn by default; set true to make them a gate
     fail_on_drift: bool = False
     min_train_examples: int = Field(default=20, ge=0)  # the gate fails below this many training rows
+    # the gate fails when a coaching rule (fitsense.audit) passes on fewer of the teacher's answers
+    min_audit_pass_rate: float = Field(default=0.95, ge=0, le=1)
 
 
 class LoraConfig(_Section):
@@ -217,6 +220,13 @@ class RegistryConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
+class DvcConfig(_Section):
+    """What ``fitsense run`` and the Airflow DAG do for the DVC pipeline's run (see app/dvcsync.py)."""
+
+    push: bool = True  # push the recorded outputs to the DVC remote (a failed push only warns)
+    remote: str | None = None  # a remote named in .dvc/config; None = its default remote
+
+
 class Params(_Section):
     seed: int = Field(default=42, ge=0)
     run: RunConfig = Field(default_factory=RunConfig)
@@ -228,6 +238,7 @@ class Params(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    dvc: DvcConfig = Field(default_factory=DvcConfig)
 
     def section_hash(self, *keys: str) -> str:
         """Stable hash of the named sections or dotted keys (all when none), for fingerprints and lineage."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from fitsense.config import Params
 from fitsense.registry.register import _client, resolve_version, version_metrics
 from fitsense.runs import read_json
+from fitsense.versioning import commit_recording, dvc_project_root
 
 QUALITY_REPORTS = ("gate.json", "report.md", "validation.json", "data_docs", "stats.json", "anomalies.json",
                    "drift.json", "bias.json")
@@ -66,4 +67,27 @@ def lineage(params: Params, version: str | int) -> dict:
         "training_run": _run_summary(client, tags.get("training_run_id")),
         "evaluation_run_id": tags.get("evaluation_run_id"),
         "source": mv.source,
+        "restore": restore_commands(tags),
     }
+
+
+def restore_commands(tags: dict, root: Path | None = None) -> dict:
+    """How to restore a version's exact dataset and quality reports on a fresh clone: the git commit
+    whose dvc.lock records them, then ``dvc pull`` (or ``dvc get`` by path and revision)."""
+    path, digest = tags.get("dvc_dataset_path"), tags.get("dvc_dataset_hash")
+    if not path or not digest:
+        return {"recorded": False,
+                "note": f"run {tags.get('pipeline_run_id')} was not recorded in dvc.lock (an experiment, or a run "
+                        f"outside the DVC project): its dataset is only in {tags.get('run_dir')}"}
+    root = root or dvc_project_root() or Path.cwd()
+    commit = commit_recording(root, digest)
+    paths = [path, *(p for p in tags.get("dvc_quality_paths", "").split(",") if p)]
+    rev = commit or "<commit>"
+    out = {"recorded": True, "git_commit": commit or None, "code_commit": tags.get("git_commit"),
+           "dvc_dataset_hash": digest, "paths": paths,
+           "commands": [f"git checkout {rev}", f"dvc pull {' '.join(paths)}"],
+           "get_command": f"dvc get . {path} --rev {rev} -o dataset-{rev[:12]}"}
+    if not commit:
+        out["note"] = (f"no git commit of dvc.lock records dataset {digest} yet: commit it "
+                       "(`git add dvc.lock && git commit`) and `dvc push`, then rerun this command")
+    return out

@@ -12,6 +12,7 @@ can move ``champion`` back step by step.
 from __future__ import annotations
 
 import logging
+import os
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -28,6 +29,7 @@ from fitsense.runs import (
     write_manifest,
 )
 from fitsense.tracking import setup_mlflow
+from fitsense.versioning import dvc_project_root, git_commit, locked_outputs
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +257,33 @@ def register_student(ctx: RunContext) -> dict:
         "base_model": student.get("base_model") or params.training.base_model,
         "training_run_id": training_run_id,
         "adapter_sha256": adapter_sha256,
+        **data_version_tags(ctx),
         **current_tags,
     }
     mv = mlflow.register_model(model_info.model_uri, name, tags=tags)
     return _finish(ctx, client, mv, tags, model_info.model_uri, params)
+
+
+def data_version_tags(ctx: RunContext) -> dict[str, str]:
+    """The git commit, and the dataset and quality outputs as dvc.lock records them when it records this
+    run's: enough to restore the exact dataset on a fresh clone (``fitsense registry lineage`` says how)."""
+    root = dvc_project_root(ctx.run_dir)
+    tags = {"git_commit": git_commit(root or ctx.run_dir)}
+    if root is None:
+        return tags
+    from dvc.exceptions import DvcException
+
+    try:
+        locked = locked_outputs(root, ("dataset", "quality"))
+    except DvcException as exc:
+        log.warning("could not read %s's dvc.lock: %s; the version gets no DVC paths", root, exc)
+        return tags
+    dataset = os.path.relpath(ctx.stage_dir("dataset", create=False).resolve(), root)
+    if dataset in locked:
+        quality = os.path.relpath(ctx.stage_dir("quality", create=False).resolve(), root) + os.sep
+        tags.update(dvc_dataset_path=dataset, dvc_dataset_hash=locked[dataset],
+                    dvc_quality_paths=",".join(sorted(p for p in locked if p.startswith(quality))))
+    return tags
 
 
 def _registered_version(client, name: str, pipeline_run_id: str, adapter_sha256: str):

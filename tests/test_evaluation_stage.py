@@ -113,3 +113,15 @@ def test_missing_training_stage_names_the_stage(tiny_model_dir, tmp_path, adapte
     (ctx.run_dir / "training" / "student.json").unlink()
     with pytest.raises(FileNotFoundError, match="training"):
         evaluate_models(ctx)
+
+
+def test_every_model_is_audited_with_the_coaching_rules(evaluated):
+    from fitsense.audit import RULE_NAMES
+
+    ctx, _ = evaluated
+    audit = json.loads((ctx.run_dir / "evaluation" / "metrics.json").read_text())["audit"]
+    assert set(audit) == {"base", "student", "teacher"}
+    teacher = audit["teacher"]
+    assert set(teacher) == set(RULE_NAMES)
+    assert teacher["no_repeat_in_day"]["n"] >= 1 and teacher["no_repeat_in_day"]["ci95"] is not None
+    assert all(r["n"] == 0 and r["rate"] is None for r in audit["student"].values())  # nothing parses

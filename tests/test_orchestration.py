@@ -193,12 +193,15 @@ def _copy_project(dst: Path) -> None:
             shutil.copy2(src, dst / rel)
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_all_then_noop_then_only_training_onward(tmp_path, tiny_model_dir):
+GIT_USER = ["-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def make_dvc_project(tmp_path: Path, model_dir: Path, env: dict) -> tuple[Path, dict]:
+    """A git repository with a copy of the project whose params.yaml is the tiny configuration."""
     project = tmp_path / "project"
     _copy_project(project)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, value in tiny_overrides(tmp_path, tiny_model_dir).items():
+    for key, value in tiny_overrides(tmp_path, model_dir).items():
         node = params
         *parents, leaf = key.split(".")
         for p in parents:
@@ -206,10 +209,15 @@ def test_dvc_repro_runs_all_then_noop_then_only_training_onward(tmp_path, tiny_m
         node[leaf] = value
     params["run"]["artifacts_dir"] = "artifacts"  # DVC outs live inside the project
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = _env()
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *GIT_USER, "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=project, check=True, env=env, capture_output=True)
+    return project, params
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_all_then_noop_then_only_training_onward(tmp_path, tiny_model_dir):
+    env = _env()
+    project, params = make_dvc_project(tmp_path, tiny_model_dir, env)
 
     def repro(*args: str) -> str:
         proc = subprocess.run(["dvc", "repro", *args], cwd=project, capture_output=True, text=True,

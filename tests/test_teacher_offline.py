@@ -162,3 +162,12 @@ def test_every_generated_query_gets_an_adherent_answer(generated_queries):
     assert failures == []
     tokens = sorted(estimate_tokens(answer_query(q).to_json()) for q in generated_queries)
     assert tokens[len(tokens) // 2] < 350  # median answer fits the CPU student budget
+
+
+def test_generated_answers_pass_the_coaching_audit(generated_queries):
+    from fitsense.audit import audit_answer, pass_rates
+
+    audits = [audit_answer(answer_query(q), q) for q in generated_queries]
+    rates = pass_rates(audits)
+    assert rates["notes_match_change"]["rate"] == 1.0  # no misdescribed notes
+    assert all(r["rate"] is None or r["rate"] >= 0.95 for r in rates.values()), rates

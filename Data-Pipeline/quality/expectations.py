@@ -6,6 +6,8 @@ Suites:
   ``expect_column_values_to_be_in_set`` over the parent table's ids).
 - ``queries``, ``teacher``, ``splits``, ``train_split``: record contracts,
   ranges, allowed values, referential consistency and leakage.
+- ``teacher_audit``: each coaching rule of ``fitsense.audit`` passes on at least
+  ``quality.min_audit_pass_rate`` of the teacher answers it applies to.
 
 Every expectation carries ``meta.severity`` (``critical`` fails the gate,
 ``warning`` is reported). One ephemeral GX context, one pandas data source and
@@ -275,6 +277,20 @@ def teacher_suite(frame: pd.DataFrame, query_ids: list[str]) -> Suite:
     ]
     frame, exp = _references(frame, "query_id", query_ids, "queries.query_id")
     return Suite("teacher", frame, ["query_id"], [*exps, exp])
+
+
+def audit_suite(frame: pd.DataFrame, min_rate: float) -> Suite:
+    """Each coaching rule must pass on at least ``min_rate`` of the teacher answers it applies to
+    (GX skips the None cells, where a rule does not apply)."""
+    import great_expectations.expectations as gxe
+
+    from fitsense.audit import RULES
+
+    exps = [gxe.ExpectColumnValuesToBeInSet(column=rule.name, value_set=[True], mostly=min_rate,
+                                            meta={"severity": CRITICAL, "param": "quality.min_audit_pass_rate",
+                                                  "rule": rule.summary})
+            for rule in RULES]
+    return Suite("teacher_audit", frame, ["query_id"], exps)
 
 
 def split_suites(frame: pd.DataFrame, require_valid: bool, min_train: int, query_ids: list[str]) -> list[Suite]:

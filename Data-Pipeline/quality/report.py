@@ -82,9 +82,22 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines
 
 
+def _audit_section(audit: dict) -> list[str]:
+    lines = ["## 6. Coaching-rule audit (teacher answers)", "",
+             f"{audit['all_rules_passed']} of {audit['answers']} answers pass every rule; the gate needs each "
+             f"rule at >= {audit['threshold']:.0%} of the answers it applies to (`quality.min_audit_pass_rate`).", ""]
+    lines += _table(["rule", "what it checks", "applies to", "passed", "pass rate"],
+                    [[name, r["summary"], r["applicable"], r["passed"],
+                      "n/a" if r["rate"] is None else f"{r['rate']:.1%}"] for name, r in audit["rules"].items()])
+    failing = [(name, f) for name, r in audit["rules"].items() for f in r["failing"]]
+    if failing:
+        lines += ["", *[f"- `{f['query_id']}` ({f['kind']}): {f['audit_failure']}" for _, f in failing[:20]]]
+    return lines + [""]
+
+
 def write_report(path: Path, *, run_id: str, dataset_run_id: str | None, gate: dict, validation: dict,
                  stats: dict, anomalies: dict, drift: dict, bias: dict, charts: dict[str, str],
-                 metrics: dict) -> Path:
+                 metrics: dict, audit: dict | None = None) -> Path:
     docs = validation.get("data_docs")
     lines = [f"# Data quality report: run `{run_id}`", "",
              f"Dataset run ID: `{dataset_run_id}`  ", f"Gate: **{'PASSED' if gate['passed'] else 'FAILED'}** "
@@ -139,6 +152,8 @@ def write_report(path: Path, *, run_id: str, dataset_run_id: str | None, gate: d
               f"Overall teacher quality: {bias['overall_teacher_quality']}.", ""]
     lines += _table(["tag", "value", "flag"], [[f["tag"], f["value"], f["detail"]] for f in bias["flags"][:40]])
     lines += ["", f"![slices]({charts['slices']})", "", f"![teacher quality]({charts['teacher_quality']})", ""]
+    if audit is not None:
+        lines += _audit_section(audit)
     if gate["warnings"]:
         lines += ["## Warnings", "", *[f"- {w}" for w in gate["warnings"][:60]], ""]
     with atomic_open(path) as fh:

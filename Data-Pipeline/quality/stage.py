@@ -1,9 +1,11 @@
 """The data quality stage: the gate between the dataset build and training.
 
-Five reports, each also a gate input: Great Expectations validation
+Six reports, each also a gate input: Great Expectations validation
 (critical expectations fail the gate), statistics, anomalies (warnings),
-drift (a gate when ``quality.fail_on_drift``) and bias slicing (a gate when
-``quality.fail_on_bias``). All reports are written before the stage raises
+drift (a gate when ``quality.fail_on_drift``), bias slicing (a gate when
+``quality.fail_on_bias``) and the coaching-rule audit of the teacher's answers
+(``audit.json``; its GX suite fails the gate when a rule's pass rate is below
+``quality.min_audit_pass_rate``). All reports are written before the stage raises
 ``DataQualityError``, so a failed run can still be inspected.
 """
 
@@ -29,6 +31,22 @@ class DataQualityError(StageError):
         more = f"\n  ... and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
         where = f", see {gate_path}" if gate_path else ""
         super().__init__(f"data-quality gate failed ({len(self.failures)} failures{where}):\n{shown}{more}")
+
+
+def audit_report(frame, threshold: float, examples: int = 5) -> dict:
+    """Per-rule pass rates of the teacher answers (rules that do not apply are left out) and a few
+    failing answers per rule."""
+    from fitsense.audit import RULES
+
+    rules = {}
+    for rule in RULES:
+        applied = frame[rule.name].dropna().astype(bool)
+        failed = frame.loc[applied.index[~applied.to_numpy()], ["query_id", "kind", "audit_failure"]]
+        rules[rule.name] = {"summary": rule.summary, "applicable": int(len(applied)), "passed": int(applied.sum()),
+                            "rate": round(float(applied.mean()), 4) if len(applied) else None,
+                            "failing": failed.head(examples).to_dict(orient="records")}
+    return {"threshold": threshold, "answers": int(len(frame)),
+            "all_rules_passed": int(frame["audit_passed"].sum()), "rules": rules}
 
 
 def run_data_quality(ctx: RunContext) -> dict:
@@ -60,6 +78,7 @@ def run_data_quality(ctx: RunContext) -> dict:
     query_ids = tables.queries["query_id"].dropna().astype(str).tolist()
     suites.append(gxmod.query_suite(tables.queries, users["user_id"].tolist() if users is not None else None))
     suites.append(gxmod.teacher_suite(tables.teacher, query_ids))
+    suites.append(gxmod.audit_suite(tables.audit, cfg.min_audit_pass_rate))
     suites += gxmod.split_suites(tables.splits, ctx.params.dataset.require_valid, cfg.min_train_examples, query_ids)
     validation = gxmod.run_suites(suites, out / "gx", out / "data_docs")
     timings["great_expectations"] = time.perf_counter() - t
@@ -92,6 +111,8 @@ def run_data_quality(ctx: RunContext) -> dict:
     (failures if cfg.fail_on_bias else warnings).extend(f"bias: {f['detail']}" for f in bias["flags"])
     timings["stats_anomalies_drift_bias"] = time.perf_counter() - t
 
+    audit = audit_report(tables.audit, cfg.min_audit_pass_rate)
+
     dataset_info = ctx.run_dir / "dataset" / "dataset_info.json"
     dataset_run_id = read_json(dataset_info).get("dataset_run_id") if dataset_info.exists() else None
     teacher = tables.teacher
@@ -113,6 +134,7 @@ def run_data_quality(ctx: RunContext) -> dict:
         "drifted_columns": drift.get("drifted", 0),
         "max_psi": drift.get("max_psi", 0.0),
         "bias_flags": len(bias["flags"]),
+        **{f"audit_{rule}_rate": v["rate"] for rule, v in audit["rules"].items()},
     }
 
     t = time.perf_counter()
@@ -123,12 +145,13 @@ def run_data_quality(ctx: RunContext) -> dict:
         "anomalies": write_json(out / "anomalies.json", anomalies),
         "drift": write_json(out / "drift.json", drift),
         "bias": write_json(out / "bias.json", bias),
+        "audit": write_json(out / "audit.json", audit),
         "metrics": write_json(out / "metrics.json", metrics),
     }
     charts = make_charts(out / "charts", tables.splits, teacher, anomalies, drift, bias)
     paths["report"] = write_report(out / "report.md", run_id=ctx.run_id, dataset_run_id=dataset_run_id, gate=gate,
                                    validation=validation, stats=stats, anomalies=anomalies, drift=drift, bias=bias,
-                                   charts=charts, metrics=metrics)
+                                   charts=charts, metrics=metrics, audit=audit)
     paths["charts"] = out / "charts"
     if validation.get("data_docs"):
         paths["data_docs"] = out / "data_docs"

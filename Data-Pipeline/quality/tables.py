@@ -18,9 +18,10 @@ from typing import Callable, Iterable
 import pandas as pd
 from pydantic import ValidationError
 
+from fitsense.audit import RULE_NAMES, audit_answer, audit_passed
 from fitsense.constraints import check_answer
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
-from fitsense.records import SLICE_TAGS, QueryConstraints
+from fitsense.records import SLICE_TAGS, CoachingQuery, QueryConstraints
 from fitsense.runs import RunContext, iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Tables:
     queries: pd.DataFrame | None = None
     teacher: pd.DataFrame | None = None
     splits: pd.DataFrame | None = None
+    audit: pd.DataFrame | None = None  # one row per answered teacher record: each coaching rule's verdict
     sources: dict[str, str] = field(default_factory=dict)  # artifact name -> file path
 
     def artifacts(self) -> dict[str, pd.DataFrame]:
@@ -101,6 +103,31 @@ def teacher_frame(rows: list[dict]) -> pd.DataFrame:
             "n_sets": n_sets,
         })
     return pd.DataFrame(out)
+
+
+def audit_frame(teacher_rows: Iterable[dict], query_rows: Iterable[dict]) -> pd.DataFrame:
+    """The coaching-rule audit of every ok teacher answer: one column per rule (True, False, or None
+    where the rule does not apply), the first failure's reason, and ``audit_passed``."""
+    queries = {}
+    for row in query_rows:
+        try:
+            queries[row.get("query_id")] = CoachingQuery.model_validate(row)
+        except ValidationError:
+            continue  # the query suite reports it
+    out = []
+    for r in teacher_rows:
+        query = queries.get(r.get("query_id"))
+        try:
+            answer = CoachAnswer.model_validate(r["answer"]) if r.get("status") == "ok" else None
+        except (ValidationError, KeyError, TypeError):
+            answer = None  # the teacher suite reports it
+        if answer is None or query is None:
+            continue
+        results = audit_answer(answer, query)
+        failed = next((f"{x.rule}: {x.reason}" for x in results if x.passed is False), None)
+        out.append({"query_id": query.query_id, "kind": query.kind, **{x.rule: x.passed for x in results},
+                    "audit_passed": audit_passed(results), "audit_failure": failed})
+    return pd.DataFrame(out, columns=["query_id", "kind", *RULE_NAMES, "audit_passed", "audit_failure"])
 
 
 def _check_split_answer(messages, constraints) -> tuple[bool, bool, int]:
@@ -178,6 +205,7 @@ def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
     tables.sources["queries"] = str(q_path)
     t_path = ctx.require("teacher", "records.jsonl")
     tables.teacher = chunked_frame(t_path, teacher_frame)
+    tables.audit = audit_frame(iter_jsonl(t_path), iter_jsonl(q_path))  # streamed: raw records are not kept
     tables.sources["teacher"] = str(t_path)
     parts = []
     for s in SPLITS:
