@@ -67,7 +67,7 @@ STAGES: tuple[Stage, ...] = (
           "filtered, de-duplicated, user-grouped train/val/test splits",
           command="dataset",
           params=("dataset",),
-          code=("Data-Pipeline/dataset.py",),
+          code=("Data-Pipeline/dataset.py", "Data-Pipeline/dedup.py"),
           inputs=("queries", "teacher"), outs=("",)),
     Stage("quality", "fitsense.data.quality.stage:run_data_quality",
           "validation, statistics, anomalies, drift and bias: the gate before training",
