@@ -23,10 +23,8 @@ import hashlib
 import importlib
 import json
 import logging
-import re
-import unicodedata
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +33,9 @@ import pandas as pd
 from pydantic import ValidationError
 
 from fitsense.audit import audit_answer, audit_passed
+from fitsense.config import DatasetConfig
 from fitsense.constraints import check_answer
+from fitsense.data import dedup
 from fitsense.data.prompts import render_request
 from fitsense.errors import StageError
 from fitsense.plan import CoachAnswer
@@ -92,44 +92,6 @@ def _validated(query: CoachingQuery, rec: TeacherRecord | None, require_valid: b
     return answer, ""
 
 
-def normalise_text(text: str) -> str:
-    """Case-, accent- and whitespace-insensitive form used by the duplicate checks."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _exact_key(c: Candidate) -> str:
-    return hashlib.sha256(normalise_text(c.user_text + "\n" + c.answer_text).encode()).hexdigest()
-
-
-def _greedy_near_dups(vectors, threshold: float, block: int = 1024) -> list[int]:
-    """Indices to drop: each row similar (cosine >= threshold) to an earlier kept row.
-
-    ``vectors`` are L2-normalised (sparse or dense), so a dot product is the cosine. Rows are
-    compared in blocks, so memory stays at ``block x n`` however large the dataset.
-    """
-    n = vectors.shape[0]
-    kept = np.zeros(n, dtype=bool)
-    dropped: list[int] = []
-    for start in range(0, n, block):
-        sim = vectors[start : start + block] @ vectors.T
-        sim = sim.toarray() if hasattr(sim, "toarray") else np.asarray(sim)
-        for r in range(sim.shape[0]):
-            i = start + r
-            if (kept[:i] & (sim[r, :i] >= threshold)).any():
-                dropped.append(i)
-            else:
-                kept[i] = True
-    return dropped
-
-
-def _tfidf_vectors(texts: list[str]):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    # char n-grams within word boundaries: robust to small edits; rows come L2-normalised
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(texts)
-
-
 def _embedding_vectors(texts: list[str]) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings (mean pooled, L2-normalised)."""
     try:
@@ -161,34 +123,13 @@ def _embedding_vectors(texts: list[str]) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def deduplicate(cands: list[Candidate], mode: str, threshold: float) -> tuple[list[Candidate], Counter]:
-    """Drop exact duplicates always; near duplicates (same kind) for ``near`` / ``embedding``."""
-    dropped: Counter = Counter()
-    seen: set[str] = set()
-    unique: list[Candidate] = []
-    for c in cands:
-        key = _exact_key(c)
-        if key in seen:
-            dropped["exact_duplicate"] += 1
-            continue
-        seen.add(key)
-        unique.append(c)
-    if mode == "exact":
-        return unique, dropped
-
-    vectorise = _tfidf_vectors if mode == "near" else _embedding_vectors
-    by_kind: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(unique):
-        by_kind[c.query.kind].append(i)
-    drop: set[int] = set()
-    for idx in by_kind.values():
-        if len(idx) < 2:
-            continue
-        texts = [normalise_text(unique[i].user_text + "\n" + unique[i].answer_text) for i in idx]
-        for j in _greedy_near_dups(vectorise(texts), threshold):
-            drop.add(idx[j])
-    dropped[f"{mode}_duplicate"] += len(drop)
-    return [c for i, c in enumerate(unique) if i not in drop], dropped
+def deduplicate(cands: list[Candidate], cfg: DatasetConfig) -> tuple[list[Candidate], Counter]:
+    """Drop exact duplicates always; near duplicates (same kind) for ``near`` / ``embedding`` (dedup.py)."""
+    keep, dropped = dedup.deduplicate(
+        [(c.user_text, c.answer_text) for c in cands], [c.query.kind for c in cands], cfg.dedup,
+        jaccard=cfg.near_dup_jaccard, cosine=cfg.near_dup_threshold, num_perm=cfg.minhash_perm,
+        shingle_size=cfg.shingle_words, embed=_embedding_vectors if cfg.dedup == "embedding" else None)
+    return [cands[i] for i in keep], dropped
 
 
 # --------------------------------------------------------------------------- splitting
@@ -312,7 +253,7 @@ def build_distillation_dataset(ctx: RunContext) -> dict:
     if not cands:
         raise DatasetBuildError(f"no usable teacher answers in {records_path} (dropped: {dict(dropped)})")
 
-    cands, dup_dropped = deduplicate(cands, cfg.dedup, cfg.near_dup_threshold)
+    cands, dup_dropped = deduplicate(cands, cfg)
     dropped.update(dup_dropped)
     split_of = assign_splits(cands, cfg.splits.model_dump(), cfg.stratify_by, ctx.params.seed)
 

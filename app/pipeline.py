@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fitsense.errors import UserError
+from fitsense.memory import check_stage_memory
 from fitsense.runs import MANIFEST, RunContext, write_json
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ STAGES: tuple[Stage, ...] = (
           "filtered, de-duplicated, user-grouped train/val/test splits",
           command="dataset",
           params=("dataset",),
-          code=("Data-Pipeline/dataset.py", "Data-Pipeline/prompts.py", "Data-Pipeline/phrasings.py"),
+          code=("Data-Pipeline/dataset.py", "Data-Pipeline/dedup.py", "Data-Pipeline/prompts.py", "Data-Pipeline/phrasings.py"),
           inputs=("queries", "teacher"), outs=("",)),
     Stage("quality", "fitsense.data.quality.stage:run_data_quality",
           "validation, statistics, anomalies, drift and bias: the gate before training",
@@ -141,6 +142,7 @@ def mark_complete(ctx: RunContext, name: str, **extra) -> dict:
 def run_stage(ctx: RunContext, name: str) -> dict:
     """Run one stage unconditionally and stamp its manifest with the params fingerprint."""
     stage = get_stage(name)
+    check_stage_memory(name, ctx.params)  # before any work: a stage too big for memory fails now, not swapping
     log.info("stage %s: %s (run %s)", name, stage.summary, ctx.run_id)
     started = time.perf_counter()
     result = stage.load()(ctx) or {}

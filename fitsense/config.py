@@ -131,7 +131,10 @@ class DatasetConfig(_Section):
     require_valid: bool = True  # keep only schema-valid, constraint-adherent answers
     require_audit: bool = False  # also drop answers that fail a coaching rule (fitsense.audit)
     dedup: Literal["exact", "near", "embedding"] = "near"
-    near_dup_threshold: float = Field(default=0.95, gt=0, le=1)
+    near_dup_threshold: float = Field(default=0.95, gt=0, le=1)  # embedding mode: cosine of sentence embeddings
+    near_dup_jaccard: float = Field(default=0.8, gt=0, le=1)  # near mode: request and answer MinHash Jaccard
+    minhash_perm: int = Field(default=128, ge=16, le=1024)  # MinHash permutations per signature
+    shingle_words: int = Field(default=2, ge=1, le=10)  # words per shingle
     splits: SplitConfig = Field(default_factory=SplitConfig)
     stratify_by: list[str] = Field(default_factory=lambda: ["kind", "has_condition"])
 
@@ -146,6 +149,7 @@ class DatasetConfig(_Section):
 
 class QualityConfig(_Section):
     anomaly_contamination: float = Field(default=0.02, gt=0, le=0.5)
+    anomaly_fit_sample: int | None = Field(default=100_000, ge=10)  # records the IsolationForest is fitted on
     drift_reference: str | None = None  # a run id or a path to a stats JSON; None = no drift check
     drift_psi_threshold: float = Field(default=0.2, gt=0)
     min_slice_share: float = Field(default=0.03, ge=0, le=1)

@@ -161,19 +161,23 @@ def describe_invalid(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
-    """Read JSON lines; a bad line raises ``InputDataError`` naming the file and line number."""
-    out = []
+def iter_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> Iterator:
+    """Yield JSON lines one at a time (memory stays flat); a bad line raises ``InputDataError``
+    naming the file and line number."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-                out.append(model.model_validate(obj) if model else obj)
+                yield model.model_validate(obj) if model else obj
             except (ValueError, ValidationError) as exc:  # json or pydantic: report where
                 raise InputDataError(f"{path}:{lineno}: invalid record: {describe_invalid(exc)}") from None
-    return out
+
+
+def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
+    """Read JSON lines; a bad line raises ``InputDataError`` naming the file and line number."""
+    return list(iter_jsonl(path, model))
 
 
 def read_json(path: str | Path) -> Any:

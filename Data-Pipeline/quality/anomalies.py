@@ -42,7 +42,9 @@ def _rules(f: pd.DataFrame, max_attempts: int) -> dict[str, pd.Series]:
 
 
 def detect_anomalies(teacher: pd.DataFrame, queries: pd.DataFrame, contamination: float, seed: int,
-                     max_attempts: int) -> dict:
+                     max_attempts: int, fit_sample: int | None = None) -> dict:
+    """Rule checks on every record; the IsolationForest is fitted on at most ``fit_sample`` records
+    (a seeded random sample; None: all) and scores every record."""
     from sklearn.ensemble import IsolationForest
 
     f = record_features(teacher, queries).reset_index(drop=True)
@@ -55,14 +57,18 @@ def detect_anomalies(teacher: pd.DataFrame, queries: pd.DataFrame, contamination
     scores = np.zeros(len(f))
     if len(f) >= 10:
         forest = IsolationForest(contamination=contamination, random_state=seed, n_estimators=200)
-        outlier = forest.fit_predict(X) == -1
+        if fit_sample is not None and len(X) > fit_sample:
+            forest.fit(X[np.random.default_rng(seed).choice(len(X), fit_sample, replace=False)])
+            outlier = forest.predict(X) == -1
+        else:
+            outlier = forest.fit_predict(X) == -1
         scores = -forest.score_samples(X)  # higher = more anomalous
 
     flagged = []
-    for i in range(len(f)):
-        broken = [name for name, mask in rules.items() if bool(mask.iloc[i])]
-        if not (outlier[i] or broken):
-            continue
+    rule_hits = {name: mask.fillna(False).to_numpy(dtype=bool) for name, mask in rules.items()}
+    candidates = outlier | np.logical_or.reduce(list(rule_hits.values())) if rule_hits else outlier
+    for i in np.flatnonzero(candidates):  # only flagged rows: the loop is not over every record
+        broken = [name for name, hits in rule_hits.items() if hits[i]]
         extreme = [(FEATURES[j], float(X[i, j]), float(z[i, j])) for j in np.argsort(-np.abs(z[i]))
                    if abs(z[i, j]) >= Z_THRESHOLD]
         if not extreme and outlier[i]:  # unusual combination: name the two most unusual features
@@ -76,6 +82,7 @@ def detect_anomalies(teacher: pd.DataFrame, queries: pd.DataFrame, contamination
         "records": len(f),
         "features": list(FEATURES),
         "contamination": contamination,
+        "fit_rows": min(len(f), fit_sample) if fit_sample is not None else len(f),
         "z_threshold": Z_THRESHOLD,
         "flagged": flagged,
         "n_flagged": len(flagged),

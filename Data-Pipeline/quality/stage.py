@@ -82,6 +82,9 @@ def run_data_quality(ctx: RunContext) -> dict:
     suites += gxmod.split_suites(tables.splits, ctx.params.dataset.require_valid, cfg.min_train_examples, query_ids)
     validation = gxmod.run_suites(suites, out / "gx", out / "data_docs")
     timings["great_expectations"] = time.perf_counter() - t
+    suite_seconds = validation.pop("seconds")
+    timings["gx_synthetic_tables"] = sum(v for k, v in suite_seconds.items() if k.startswith("synthetic."))
+    timings["gx_record_tables"] = sum(v for k, v in suite_seconds.items() if not k.startswith("synthetic."))
     failures = list(validation["failures"])
     warnings = list(validation["warnings"])
     if not tables.synthetic:
@@ -91,7 +94,8 @@ def run_data_quality(ctx: RunContext) -> dict:
     frames = tables.artifacts()
     stats = artifact_stats(frames)
     anomalies = anomalies_mod.detect_anomalies(tables.teacher, tables.queries, cfg.anomaly_contamination,
-                                               ctx.params.seed, ctx.params.teacher.max_retries + 1)
+                                               ctx.params.seed, ctx.params.teacher.max_retries + 1,
+                                               cfg.anomaly_fit_sample)
     warnings += [f"anomaly: teacher record {r['query_id']}: {'; '.join(r['reasons'])}"
                  for r in anomalies["flagged"]]
     try:

@@ -9,9 +9,11 @@ cross-file rules into plain column expectations.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 from pydantic import ValidationError
@@ -20,11 +22,12 @@ from fitsense.audit import RULE_NAMES, audit_answer, audit_passed
 from fitsense.constraints import check_answer
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import SLICE_TAGS, CoachingQuery, QueryConstraints
-from fitsense.runs import RunContext, read_jsonl
+from fitsense.runs import RunContext, iter_jsonl
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CHUNK_ROWS = 50_000  # records parsed per frame chunk: the raw JSON of a whole file is never held at once
 
 
 @dataclass
@@ -102,7 +105,7 @@ def teacher_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def audit_frame(teacher_rows: list[dict], query_rows: list[dict]) -> pd.DataFrame:
+def audit_frame(teacher_rows: Iterable[dict], query_rows: Iterable[dict]) -> pd.DataFrame:
     """The coaching-rule audit of every ok teacher answer: one column per rule (True, False, or None
     where the rule does not apply), the first failure's reason, and ``audit_passed``."""
     queries = {}
@@ -144,7 +147,7 @@ def _check_split_answer(messages, constraints) -> tuple[bool, bool, int]:
     return answer.to_json() == text, adherent, len(text)
 
 
-def splits_frame(by_split: dict[str, list[dict]]) -> pd.DataFrame:
+def splits_frame(by_split: dict[str, Iterable[dict]], leakage: bool = True) -> pd.DataFrame:
     out = []
     for split, rows in by_split.items():
         for r in rows:
@@ -165,10 +168,25 @@ def splits_frame(by_split: dict[str, list[dict]]) -> pd.DataFrame:
                 "answer_adherent": adherent,
             })
     frame = pd.DataFrame(out)
+    return with_user_n_splits(frame) if leakage else frame
+
+
+def with_user_n_splits(frame: pd.DataFrame) -> pd.DataFrame:
     if not frame.empty:
         # a user in more than one split leaks between training and evaluation
         frame["user_n_splits"] = frame.groupby("user_id", dropna=False)["split"].transform("nunique")
     return frame
+
+
+def chunked_frame(path: Path, build: Callable[[list[dict]], pd.DataFrame]) -> pd.DataFrame:
+    """``build`` over the file's records ``CHUNK_ROWS`` at a time, concatenated."""
+    records = iter_jsonl(path)
+    chunks = []
+    while batch := list(itertools.islice(records, CHUNK_ROWS)):
+        chunks.append(build(batch))
+    if not chunks:
+        return build([])
+    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
 def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
@@ -183,20 +201,19 @@ def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
                 tables.sources[f"synthetic.{name}"] = str(path)
 
     q_path = ctx.require("queries", "queries.jsonl")
-    query_rows = read_jsonl(q_path)
-    tables.queries = queries_frame(query_rows)
+    tables.queries = chunked_frame(q_path, queries_frame)
     tables.sources["queries"] = str(q_path)
     t_path = ctx.require("teacher", "records.jsonl")
-    teacher_rows = read_jsonl(t_path)
-    tables.teacher = teacher_frame(teacher_rows)
-    tables.audit = audit_frame(teacher_rows, query_rows)
+    tables.teacher = chunked_frame(t_path, teacher_frame)
+    tables.audit = audit_frame(iter_jsonl(t_path), iter_jsonl(q_path))  # streamed: raw records are not kept
     tables.sources["teacher"] = str(t_path)
-    by_split: dict[str, list[dict]] = {}
+    parts = []
     for s in SPLITS:
         path: Path = ctx.require("dataset", f"{s}.jsonl")
-        by_split[s] = read_jsonl(path)
+        parts.append(chunked_frame(path, lambda rows, split=s: splits_frame({split: rows}, leakage=False)))
         tables.sources[f"splits.{s}"] = str(path)
-    tables.splits = splits_frame(by_split)
+    parts = [p for p in parts if not p.empty]
+    tables.splits = with_user_n_splits(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
     log.info("quality inputs: %d synthetic tables, %d queries, %d teacher records, %d split rows",
              len(tables.synthetic), len(tables.queries), len(tables.teacher), len(tables.splits))
     return tables

@@ -1,0 +1,95 @@
+"""How the data stages grow with the number of queries: seconds, peak RSS, log-log slope.
+
+For each size, runs synthetic -> queries -> teacher (offline) -> dataset -> quality, each
+stage in its own process (``fitsense stage``), so its peak RSS is its own. Users scale with
+the queries (``--queries-per-user``). Prints one row per stage and size, then the growth
+exponent between consecutive sizes (log-log slope of seconds: 1.0 is linear):
+
+    python benchmarks/bench_data_scale.py --queries 10000 100000 1000000
+    python benchmarks/bench_data_scale.py --queries 2000 20000 --keep /tmp/scale   # keep the runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STAGES = ("synthetic", "queries", "teacher", "dataset", "quality")
+
+
+def run_stage(stage: str, run_id: str, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "fitsense.app.cli", "stage", stage, "--run-id", run_id]
+    for o in overrides:
+        cmd += ["--set", o]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+    seconds = time.perf_counter() - started
+    stderr = proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"stage {stage} failed (exit {proc.returncode}):\n{stderr[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024)}  # ru_maxrss: KiB on Linux
+
+
+def bench(root: Path, sizes: list[int], queries_per_user: float, extra: list[str]) -> dict:
+    results: dict[str, dict[int, dict]] = {s: {} for s in STAGES}
+    for n in sizes:
+        users = max(300, int(n / queries_per_user))
+        overrides = [*extra, f"synthetic.n_users={users}", f"queries.n_queries={n}", f"run.artifacts_dir={root}",
+                     f"teacher.cache_dir={root}/teacher-cache-{n}", "teacher.provider=offline"]
+        for stage in STAGES:
+            results[stage][n] = run_stage(stage, f"scale-{n}", overrides)
+            print(f"{n:>9} {stage:<10} {results[stage][n]['seconds']:>9.1f} s "
+                  f"{results[stage][n]['peak_rss_mb']:>7} MB", file=sys.stderr, flush=True)
+    return results
+
+
+def slopes(per_size: dict[int, dict]) -> list[float]:
+    sizes = sorted(per_size)
+    return [round(math.log(per_size[b]["seconds"] / per_size[a]["seconds"]) / math.log(b / a), 2)
+            for a, b in zip(sizes, sizes[1:])]
+
+
+def report(results: dict[str, dict[int, dict]]) -> str:
+    sizes = sorted(next(iter(results.values())))
+    head = "stage       " + "".join(f"{n:>22}" for n in sizes) + "   slope(s) between sizes"
+    lines = [head, " " * 12 + "".join(f"{'seconds  peak RSS MB':>22}" for _ in sizes)]
+    for stage, per_size in results.items():
+        cells = "".join(f"{per_size[n]['seconds']:>12.1f} {per_size[n]['peak_rss_mb']:>9}" for n in sizes)
+        lines.append(f"{stage:<12}{cells}   {slopes(per_size)}")
+    seconds = {n: sum(results[s][n]["seconds"] for s in results) for n in sizes}
+    peak = {n: max(results[s][n]["peak_rss_mb"] for s in results) for n in sizes}
+    lines.append(f"{'total':<12}" + "".join(f"{seconds[n]:>12.1f} {peak[n]:>9}" for n in sizes))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--queries-per-user", type=float, default=2.5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a param")
+    parser.add_argument("--keep", default=None, help="write the runs into this folder")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    sizes = sorted(args.queries)
+    if args.keep:
+        results = bench(Path(args.keep), sizes, args.queries_per_user, args.overrides)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            results = bench(Path(tmp), sizes, args.queries_per_user, args.overrides)
+    print(report(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({s: {str(n): v for n, v in r.items()} for s, r in results.items()},
+                                              indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

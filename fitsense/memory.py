@@ -1,0 +1,79 @@
+"""Refuse a data stage up front when its rows would not fit in memory.
+
+A stage that runs out of memory swaps or is killed minutes in, with nothing said. Instead the
+runner estimates each data stage's peak memory from the setting that sizes it (bytes per row,
+measured with benchmarks/bench_data_scale.py) and stops before the stage starts when the
+estimate exceeds the memory available, naming the setting to lower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fitsense.config import Params
+from fitsense.errors import ConfigError
+
+GB = 1024**3
+BASE_BYTES = 600 * 1024**2  # interpreter, pandas, pyarrow, sklearn, Great Expectations imported
+HEADROOM = 0.9  # of the available memory a stage may plan to use
+
+
+class MemoryLimitError(ConfigError):
+    """The rows a setting asks for would not fit in the memory this machine has available."""
+
+
+@dataclass(frozen=True)
+class RowCost:
+    setting: str  # the dotted param whose value is the row count
+    bytes_per_row: int  # peak RSS growth per row
+
+
+# Peak RSS per row at 100k queries and 40k users (bench_data_scale.py: 1.4, 1.5, 3.8, 4.5, 2.4 GB),
+# less BASE_BYTES, rounded up ~15%.
+STAGE_ROW_COSTS: dict[str, RowCost] = {
+    "synthetic": RowCost("synthetic.n_users", 40_000),
+    "queries": RowCost("queries.n_queries", 12_000),
+    "teacher": RowCost("queries.n_queries", 38_000),
+    "dataset": RowCost("queries.n_queries", 45_000),
+    "quality": RowCost("queries.n_queries", 21_000),
+}
+
+
+def setting_value(params: Params, dotted: str) -> int:
+    value = params
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return int(value)
+
+
+def estimated_bytes(stage: str, params: Params) -> tuple[int, RowCost, int] | None:
+    """(estimated peak bytes, the cost model, rows) for a data stage; None for other stages."""
+    cost = STAGE_ROW_COSTS.get(stage)
+    if cost is None:
+        return None
+    rows = setting_value(params, cost.setting)
+    return BASE_BYTES + rows * cost.bytes_per_row, cost, rows
+
+
+def available_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_stage_memory(stage: str, params: Params, available: int | None = None) -> None:
+    """Raise ``MemoryLimitError`` naming the setting when the stage's estimate does not fit."""
+    estimate = estimated_bytes(stage, params)
+    if estimate is None:
+        return
+    need, cost, rows = estimate
+    available = available_bytes() if available is None else available
+    budget = available * HEADROOM
+    if need <= budget:
+        return
+    fits = max(0, int((budget - BASE_BYTES) // cost.bytes_per_row))
+    raise MemoryLimitError(
+        f"stage {stage}: {cost.setting}={rows:,} needs about {need / GB:.1f} GB of memory, "
+        f"{available / GB:.1f} GB is available: lower {cost.setting} (about {fits:,} fits) "
+        f"or run on a machine with more memory"
+    )
