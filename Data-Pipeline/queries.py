@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from fitsense.catalogue import CONDITIONS, EQUIPMENT, INJURY_SITES, exercises_to_avoid, usable_exercises
 from fitsense.data import phrasings, planning
 from fitsense.data.prompts import SYSTEM_PROMPT, render_request
+from fitsense.errors import InputDataError, StageError
 from fitsense.records import (
     QUERY_KINDS,
     SLICE_TAGS,
@@ -74,7 +75,7 @@ def constraints_for(experience: str, conditions: list[str], injuries: list[Injur
     """What any answer for this person must honour (see the module docstring)."""
     avoid = sorted(set(exercises_to_avoid([i.site for i in injuries], conditions)) | set(extra_avoid))
     if not usable_exercises(equipment, avoid):
-        raise ValueError(f"unsatisfiable constraints: nothing usable with {equipment} avoiding {avoid}")
+        raise StageError(f"unsatisfiable constraints: nothing usable with {equipment} avoiding {avoid}")
     return QueryConstraints(
         days_per_week=days,
         session_minutes=minutes,
@@ -323,7 +324,8 @@ def build_queries(ctx: RunContext) -> dict:
         trends = world.trends(sample)
         pool = np.array(sorted(trends))
         if len(pool) == 0:
-            raise ValueError("no synthetic user has logged workouts to build progress queries from")
+            raise InputDataError("synthetic tables: no user has logged workouts to build progress queries from; "
+                                 "raise synthetic.history_weeks or set queries.kind_mix.progress_adaptation to 0")
         prog = kinds == "progress_adaptation"
         chosen[prog] = rng.choice(pool, size=int(prog.sum()), replace=int(prog.sum()) > len(pool))
     needed = sorted(set(chosen.tolist()))
