@@ -197,9 +197,9 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    max_examples: int | None = Field(default=None, ge=1)  # of the test split; None = all
+    max_examples: int | None = Field(default=48, ge=1)  # of the test split; None = all
     challenge: bool = True  # also score the unseen-phrasing challenge split (dataset/challenge.jsonl)
-    max_challenge_examples: int | None = Field(default=None, ge=1)  # of the challenge split; None = all
+    max_challenge_examples: int | None = Field(default=48, ge=1)  # of the challenge split; None = all
     base_max_examples: int | None = Field(default=8, ge=1)  # the base student's kind-balanced subset per split
     max_new_tokens: int = Field(default=768, ge=8)  # teacher answers: median ~340, max ~740 tokens
     batch_size: int = Field(default=12, ge=1)
