@@ -46,10 +46,11 @@ def plan_quality_markdown(metrics: dict) -> list[str]:
              "| Metric | " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
     for key, label, kind in PLAN_QUALITY_ROWS:
         lines.append(f"| {label} | " + " | ".join(fmt(models[r].get(key), kind) for r in roles) + " |")
-    ns = {r: (models[r].get("plan_quality_n"), models[r].get("progress_direction_n")) for r in roles}
-    lines += ["", "Plan metrics cover the queries where the teacher wrote a plan (n="
-              f"{next(iter(ns.values()))[0]}); progress direction the progress-adaptation queries where the "
-              f"teacher changed a dose (n={next(iter(ns.values()))[1]}). A missing answer scores 0 (error 100%)."]
+    lines.append("| n: plans / progress changes | " + " | ".join(
+        f"{models[r].get('plan_quality_n')} / {models[r].get('progress_direction_n')}" for r in roles) + " |")
+    lines += ["", "Plan metrics cover the queries each model answered where the teacher wrote a plan; progress "
+              "direction the progress-adaptation ones where the teacher changed a dose (the n row). A missing "
+              "answer scores 0 (error 100%)."]
     screen = metrics.get("safety_screen")
     if screen:
         lines += ["", "## Safety screen (whole test split)", "",
