@@ -139,11 +139,10 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
     if adapter is None or not adapter.exists():
         raise EvaluationError(f"training/student.json: adapter_dir {adapter} does not exist")
     model, tokenizer = load_student(base_path, adapter, device=ctx.params.training.device, precision=cfg.precision)
-    conversations = [[m.model_dump() for m in ex.messages] for ex in examples]
     kwargs = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=ctx.params.seed)
     # Untimed warm-up so the first timed batch does not pay for one-off kernel and cache set-up.
-    generate_answers(model, tokenizer, conversations[:1], max_new_tokens=2, batch_size=1, seed=ctx.params.seed,
-                     label="warm-up")
+    generate_answers(model, tokenizer, [[m.model_dump() for m in examples[0].messages]], max_new_tokens=2,
+                     batch_size=1, seed=ctx.params.seed, label="warm-up")
     requests = student_requests(examples)
     engine = CoachInference(model, tokenizer, load_screen(_screen_dir(student, training_dir)))
     with model.disable_adapter():
@@ -195,25 +194,30 @@ def _rows_for(role: str, examples, texts, references, timings, costs, current_pl
     return rows
 
 
-def current_plans(ctx: RunContext) -> dict[str, CoachAnswer]:
-    """The current plan each query was asked about (plan-quality's progress direction compares with it)."""
+def queries_by_id(ctx: RunContext) -> dict[str, CoachingQuery]:
+    """The run's queries by id ({} without the queries stage): plan quality and the audit read their context."""
     path = ctx.run_dir / "queries" / "queries.jsonl"
-    if not path.exists():
-        return {}
-    return {q.query_id: CoachAnswer.model_validate(q.context.current_plan)
-            for q in read_jsonl(path, CoachingQuery) if q.context.current_plan}
+    return {q.query_id: q for q in read_jsonl(path, CoachingQuery)} if path.exists() else {}
+
+
+def current_plans(queries: dict[str, CoachingQuery]) -> dict[str, CoachAnswer]:
+    """The current plan each query was asked about (plan-quality's progress direction compares with it)."""
+    return {qid: CoachAnswer.model_validate(q.context.current_plan)
+            for qid, q in queries.items() if q.context.current_plan}
 
 
 def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[Generation]],
                         teacher_records: dict[str, TeacherRecord],
                         role_examples: dict[str, list[DistillRecord]] | None = None,
+                        queries: dict[str, CoachingQuery] | None = None,
                         ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Score every model's answers; also return the answer texts per model (for answers_<model>.jsonl).
 
-    ``role_examples`` names the examples a model answered when it is not all of ``examples`` (the base subset).
+    ``role_examples`` names the examples a model answered when it is not all of ``examples`` (the base subset);
+    ``queries`` are the run's queries by id (read from the queries stage when not given).
     """
     tcfg, ecfg = ctx.params.teacher, ctx.params.evaluation
-    plans = current_plans(ctx)
+    plans = current_plans(queries_by_id(ctx) if queries is None else queries)
     teacher_texts = [_teacher_text(ex, teacher_records.get(ex.query_id)) for ex in examples]
     references = [_parse_or_none(t) for t in teacher_texts]
     reference_of = {(split_of(ex), ex.query_id): ref for ex, ref in zip(examples, references)}
@@ -433,7 +437,9 @@ def evaluate_models(ctx: RunContext) -> dict:
     examples = sorted(examples, key=expected_length) + sorted(challenge_examples, key=expected_length)
     base_examples = sorted(base_examples, key=lambda ex: (split_of(ex), expected_length(ex)))
     generations = generate_student_answers(ctx, examples, student, base_examples)
-    tables, texts = build_answer_tables(ctx, examples, generations, teacher_records, {"base": base_examples})
+    query_records = queries_by_id(ctx)
+    tables, texts = build_answer_tables(ctx, examples, generations, teacher_records, {"base": base_examples},
+                                        query_records)
     answered = {role: base_examples if role == "base" else examples for role in tables}
 
     out = ctx.stage_dir(STAGE)
@@ -473,10 +479,8 @@ def evaluate_models(ctx: RunContext) -> dict:
         **compute_metrics(tables, cfg.disparity_threshold),
         "safety_screen": test_screen_metrics(ctx, student, test),
     }
-    queries_path = ctx.run_dir / "queries" / "queries.jsonl"
-    if queries_path.exists():  # the coaching-rule audit needs each example's query (its current plan, goal)
-        by_id = {q.query_id: q for q in read_jsonl(queries_path, CoachingQuery)}
-        metrics["audit"] = audit_by_model(texts, {role: [by_id.get(ex.query_id) for ex in answered[role]]
+    if query_records:  # the coaching-rule audit needs each example's query (its current plan, goal)
+        metrics["audit"] = audit_by_model(texts, {role: [query_records.get(ex.query_id) for ex in answered[role]]
                                                   for role in texts})
     metrics["charts"] = write_charts(out / "charts", metrics)
     metrics.update(_flat_summary(metrics))
