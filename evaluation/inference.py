@@ -10,7 +10,10 @@ serving all answer coaching requests through ``CoachInference.answer``:
    per constraint key and cached;
 3. generation (``fitsense.evaluation.generate.generate_answers``): the chat
    template, batched greedy decoding, one grammar per row when guided;
-4. the answer is parsed against the plan schema and checked against the constraints.
+4. the answer is parsed against the plan schema and checked against the constraints;
+5. guided only: an answer whose session ran long (a sum the plain grammar cannot bound) is
+   generated once more under the session-bounded grammar (``bound_session=True``), which
+   cannot run long; ``CoachReply.regenerated`` marks it.
 
 ``raw`` decoding is the student alone: the screen's verdict is reported
 (``CoachReply.screen_refer``) but does not change the answer. A request that
@@ -28,7 +31,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from fitsense.constraints import check_answer
+from fitsense.constraints import check_answer, violation_code
 from fitsense.errors import UserError
 from fitsense.evaluation.generate import generate_answers, prompt_messages
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
@@ -82,6 +85,7 @@ class CoachReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    regenerated: bool = False  # guided: the first answer's session ran long; this one is session-bounded
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -100,10 +104,11 @@ class GrammarCache:
         self.grammars: dict[str, object] = {}
         self.compile_s = 0.0
 
-    def get(self, constraints: QueryConstraints, referral: bool):
-        key = grammar_key(constraints, referral)
+    def get(self, constraints: QueryConstraints, referral: bool, bound_session: bool = False):
+        key = grammar_key(constraints, referral, bound_session=bound_session)
         if key not in self.grammars:
-            schema = constrained_plan_schema(constraints, referral)  # raises NoSafeExerciseError
+            # raises NoSafeExerciseError
+            schema = constrained_plan_schema(constraints, referral, bound_session=bound_session)
             started = time.perf_counter()
             self.grammars[key] = self.compiler.compile_json_schema(
                 json.dumps(schema), any_whitespace=False, separators=(",", ":"))
@@ -145,19 +150,48 @@ class CoachInference:
                     reply.error = str(exc)
                     continue
             todo.append(i)
+        generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
         generations = generate_answers(
-            self.model, self.tokenizer, [requests[i].messages for i in todo], max_new_tokens=max_new_tokens,
-            batch_size=batch_size, seed=seed, label=label or decoding,
-            grammars=grammars if decoding == "guided" else None) if todo else []
+            self.model, self.tokenizer, [requests[i].messages for i in todo], label=label or decoding,
+            grammars=grammars if decoding == "guided" else None, **generate) if todo else []
         for i, gen in zip(todo, generations):
-            reply = replies[i]
-            reply.text, reply.prompt_tokens = gen.text, gen.prompt_tokens
-            reply.completion_tokens, reply.latency_s = gen.completion_tokens, gen.latency_s
-            try:
-                reply.answer = parse_coach_answer(gen.text)
-            except AnswerParseError as exc:
-                reply.parse_error = exc.reason
-            constraints = requests[i].constraints
-            if reply.answer is not None and constraints is not None:
-                reply.violations = check_answer(reply.answer, constraints)
+            _fill(replies[i], gen, requests[i].constraints)
+        if decoding == "guided":
+            self._regenerate_long_sessions(requests, replies, todo, label=label or decoding, **generate)
         return replies
+
+    def _regenerate_long_sessions(self, requests, replies, todo, *, label, **generate) -> None:
+        """Answer again, under the session-bounded grammar, the guided answers whose session ran long."""
+        long, grammars = [], []
+        for i in todo:
+            if any(violation_code(v) == "session_too_long" for v in replies[i].violations or []):
+                try:
+                    grammars.append(self.grammars.get(requests[i].constraints, replies[i].screen_refer,
+                                                      bound_session=True))
+                except NoSafeExerciseError:
+                    continue  # nothing fits per exercise: keep the first answer and its violation
+                long.append(i)
+        if not long:
+            return
+        generations = generate_answers(self.model, self.tokenizer, [requests[i].messages for i in long],
+                                       label=f"{label}, session-bounded", grammars=grammars, **generate)
+        for i, gen in zip(long, generations):
+            first = replies[i]
+            reply = CoachReply(text=None, decoding=first.decoding, screen_refer=first.screen_refer,
+                               screen_rules=first.screen_rules, regenerated=True)
+            _fill(reply, gen, requests[i].constraints)
+            reply.completion_tokens += first.completion_tokens  # the time and tokens of both attempts
+            reply.latency_s += first.latency_s
+            replies[i] = reply
+
+
+def _fill(reply: CoachReply, gen, constraints: QueryConstraints | None) -> None:
+    """Record a generation on its reply: text, token counts, the parsed answer and its violations."""
+    reply.text, reply.prompt_tokens = gen.text, gen.prompt_tokens
+    reply.completion_tokens, reply.latency_s = gen.completion_tokens, gen.latency_s
+    try:
+        reply.answer = parse_coach_answer(gen.text)
+    except AnswerParseError as exc:
+        reply.parse_error = exc.reason
+    if reply.answer is not None and constraints is not None:
+        reply.violations = check_answer(reply.answer, constraints)

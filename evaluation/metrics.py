@@ -173,6 +173,8 @@ def summarise(frame: pd.DataFrame) -> dict:
         "tokens_per_s": tokens / total_s if total_s > 0 else None,
         "completion_tokens_mean": tokens / n,
         "usd_per_1k_answers": float(frame["cost_usd"].mean()) * 1000,
+        # Guided: answers written again under the session-bounded grammar (their first session ran long).
+        "regenerated_share": float(frame["regenerated"].mean()) if "regenerated" in frame else None,
         # Share of answers with at least one violation of each kind (parseable answers only can violate).
         "violation_rates": {code: float(counts.get(code, 0)) / n for code in VIOLATION_CODES},
         "rates": rate_intervals(frame),  # k, n and 95% Wilson interval of each rate above

@@ -22,6 +22,7 @@ COMPARISON_ROWS: tuple[tuple[str, str, str], ...] = (
     ("tokens_per_s", "Tokens/s", "num"),
     ("completion_tokens_mean", "Tokens per answer", "num"),
     ("usd_per_1k_answers", "Cost per 1,000 answers (USD)", "usd"),
+    ("regenerated_share", "Answered again, session-bounded (guided)", "pct"),
 )
 
 

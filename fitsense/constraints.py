@@ -37,6 +37,16 @@ def session_seconds(sets_and_rests: Iterable[tuple[int, int]]) -> int:
     return sum(sets * (WORK_SECONDS_PER_SET + rest_s) for sets, rest_s in sets_and_rests)
 
 
+def session_limit_seconds(session_minutes: int) -> float:
+    """The longest a day may take before it breaks the session constraint (slack included)."""
+    return session_minutes * 60 * SESSION_SLACK
+
+
+def max_rest_for(sets: int, seconds: float) -> int:
+    """The longest rest (s) an exercise of ``sets`` sets may have to take at most ``seconds``; < 0: none fits."""
+    return int(seconds // sets) - WORK_SECONDS_PER_SET
+
+
 def estimated_session_minutes(day) -> float:
     return session_seconds((ex.sets, ex.rest_s) for ex in day.exercises) / 60.0
 
@@ -64,8 +74,9 @@ def check_answer(answer: CoachAnswer, constraints: QueryConstraints) -> list[str
             violations.append(
                 f"too_many_exercises: day {day.day} has {len(day.exercises)}, limit {c.max_exercises_per_day}"
             )
-        minutes = estimated_session_minutes(day)
-        if minutes > c.session_minutes * SESSION_SLACK:
+        seconds = session_seconds((ex.sets, ex.rest_s) for ex in day.exercises)
+        if seconds > session_limit_seconds(c.session_minutes):
+            minutes = seconds / 60
             violations.append(f"session_too_long: day {day.day} takes ~{minutes:.0f} min, limit {c.session_minutes}")
         for ex in day.exercises:
             known = BY_NAME.get(ex.name)

@@ -14,8 +14,14 @@ compiles into a grammar, so a guided student can only write answers that
 
 The schema is a contract: it is never stricter than the teacher (a property
 test checks every teacher answer of a dataset against its own query's schema).
-Session length is not in the grammar (a sum over the day); the constraint
-checker still scores it.
+
+Session length is a sum over the day, which a JSON Schema cannot bound. With
+``bound_session=True`` the schema bounds each exercise instead: a day of ``k``
+exercises allows each one at most ``1/k`` of the session limit (the formula and
+slack of ``fitsense.constraints``), ``anyOf`` over k, so no accepted day runs
+long. That is stricter than the teacher on the ~1% of its days whose volume
+top-ups make one exercise longer than its share, so inference uses it only to
+regenerate an answer whose session ran long under the plain schema.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import re
 
 from fitsense.catalogue import usable_exercises
+from fitsense.constraints import max_rest_for, session_limit_seconds
 from fitsense.errors import UserError
 from fitsense.plan import DAY_KINDS, PlanDay, PlannedExercise, day_letter
 from fitsense.records import QueryConstraints
@@ -96,20 +103,29 @@ def allowed_exercise_names(constraints: QueryConstraints) -> list[str]:
     return [e.name for e in usable_exercises(constraints.available_equipment, constraints.avoid_exercises)]
 
 
-def prescription_pattern(constraints: QueryConstraints) -> str:
-    """``<name> <sets>x<reps> RIR<rir> <rest>s`` with the request's names and RIR floor."""
+def prescription_pattern(constraints: QueryConstraints, max_seconds: float | None = None) -> str:
+    """``<name> <sets>x<reps> RIR<rir> <rest>s`` with the request's names and RIR floor; with ``max_seconds``,
+    only the sets and rest whose estimated time (``fitsense.constraints.session_seconds``) fits in it."""
     names = allowed_exercise_names(constraints)
     if not names:
         raise NoSafeExerciseError("no safe exercise for this equipment and avoid list "
                                   f"(equipment {constraints.available_equipment}, "
                                   f"avoiding {len(constraints.avoid_exercises)} exercises)")
-    sets = int_range_regex(*_field_range(PlannedExercise, "sets"))
+    sets_min, sets_max = _field_range(PlannedExercise, "sets")
+    rest_min, rest_max = _field_range(PlannedExercise, "rest_s")
     reps = int_range_regex(*_field_range(PlannedExercise, "reps"))
     _, rir_max = _field_range(PlannedExercise, "rir")
     rir = int_range_regex(constraints.rir_floor, rir_max)
-    rest = int_range_regex(*_field_range(PlannedExercise, "rest_s"))
+    if max_seconds is None:
+        volume = f"{int_range_regex(sets_min, sets_max)}x{reps} RIR{rir} {int_range_regex(rest_min, rest_max)}s"
+    else:
+        by_sets = [(n, min(rest_max, max_rest_for(n, max_seconds))) for n in range(sets_min, sets_max + 1)]
+        options = [f"{n}x{reps} RIR{rir} {int_range_regex(rest_min, top)}s" for n, top in by_sets if top >= rest_min]
+        if not options:
+            raise NoSafeExerciseError(f"no exercise fits {max_seconds / 60:.0f} min")
+        volume = "(" + "|".join(options) + ")"
     alternatives = "|".join(_literal(n) for n in names)
-    return f"^({alternatives}) {sets}x{reps} RIR{rir} {rest}s$"
+    return f"^({alternatives}) {volume}$"
 
 
 def _string(pattern: str) -> dict:
@@ -120,12 +136,30 @@ def _object(properties: dict) -> dict:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def _day_schema(number: int, exercise: dict, max_exercises: int) -> dict:
+def _exercises_schema(constraints: QueryConstraints, max_exercises: int, bound_session: bool) -> dict:
+    """1..max_exercises exercises; with ``bound_session``, k of them take at most 1/k of the session limit each."""
+    if not bound_session:
+        item = _string(prescription_pattern(constraints))
+        return {"type": "array", "items": item, "minItems": 1, "maxItems": max_exercises}
+    limit = session_limit_seconds(constraints.session_minutes)
+    options = []
+    for k in range(1, max_exercises + 1):
+        try:
+            item = _string(prescription_pattern(constraints, limit / k))
+        except NoSafeExerciseError:
+            break  # more exercises only leave each one less time
+        options.append({"type": "array", "items": item, "minItems": k, "maxItems": k})
+    if not options:
+        raise NoSafeExerciseError(f"no exercise fits a {constraints.session_minutes}-minute session")
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _day_schema(number: int, exercises: dict) -> dict:
     kinds = "|".join(_literal(k) for k in DAY_KINDS)
     return _object({
         "day": {"const": number},
         "name": _string(f"^({kinds}) {day_letter(number)}$"),
-        "exercises": {"type": "array", "items": exercise, "minItems": 1, "maxItems": max_exercises},
+        "exercises": exercises,
     })
 
 
@@ -139,31 +173,35 @@ def _safety_schema(referral: bool) -> dict:
     return _object(properties)
 
 
-def constrained_plan_schema(constraints: QueryConstraints, referral: bool = False) -> dict:
+def constrained_plan_schema(constraints: QueryConstraints, referral: bool = False, *,
+                            bound_session: bool = False) -> dict:
     """The JSON Schema of every answer this request allows (see the module docstring).
 
     ``referral`` (the safety screen's verdict) or ``constraints.referral_required`` selects the
-    referral branch. Raises ``NoSafeExerciseError`` when a plan is needed but no exercise is usable.
+    referral branch; ``bound_session`` the per-exercise session bound. Raises ``NoSafeExerciseError``
+    when a plan is needed but no exercise is usable.
     """
     if referral or constraints.referral_required:
         days: dict = {"type": "array", "maxItems": 0}
         safety = _safety_schema(True)
     else:
-        exercise = _string(prescription_pattern(constraints))
         n = constraints.days_per_week
         max_per_day = min(constraints.max_exercises_per_day, PlanDay.model_fields["exercises"].metadata[-1].max_length)
-        days = {"type": "array", "prefixItems": [_day_schema(i, exercise, max_per_day) for i in range(1, n + 1)],
+        exercises = _exercises_schema(constraints, max_per_day, bound_session)
+        days = {"type": "array", "prefixItems": [_day_schema(i, exercises) for i in range(1, n + 1)],
                 "items": False, "minItems": n, "maxItems": n}
         safety = _safety_schema(False)
     return _object({"plan_name": _string(PLAN_NAME_PATTERN), "days": days,
                     "notes": _string(NOTES_PATTERN), "safety": safety})
 
 
-def grammar_key(constraints: QueryConstraints, referral: bool = False) -> str:
+def grammar_key(constraints: QueryConstraints, referral: bool = False, *, bound_session: bool = False) -> str:
     """A cache key for the compiled grammar: the constraint fields the schema depends on."""
     referral = referral or constraints.referral_required
     fields = {"referral": referral}
     if not referral:
+        if bound_session:
+            fields["session_minutes"] = constraints.session_minutes
         fields.update(days=constraints.days_per_week, max_exercises=constraints.max_exercises_per_day,
                       rir_floor=constraints.rir_floor, names=allowed_exercise_names(constraints))
     blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))

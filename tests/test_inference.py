@@ -76,6 +76,34 @@ def test_raw_decoding_reports_the_screen_without_changing_the_answer(engine):
         engine.answer(requests, decoding="beam")
 
 
+def test_a_guided_answer_whose_session_runs_long_is_answered_again_under_the_session_bound(engine, monkeypatch):
+    from fitsense.evaluation import inference
+    from fitsense.evaluation.generate import Generation
+
+    def day_plan(prescription: str) -> str:
+        return json.dumps({"plan_name": "1-Day Full Body", "days": [{"day": 1, "name": "Full Body A",
+                           "exercises": [prescription] * 2}], "notes": "", "safety": {"flags": [],
+                           "referral_required": False}}, separators=(",", ":"))
+
+    calls = []
+
+    def fake_generate(model, tokenizer, conversations, *, grammars, label, **kw):
+        calls.append((label, len(conversations), len(grammars or [])))
+        text = day_plan("Plank 3x30 RIR2 60s") if "session-bounded" in label else day_plan("Plank 10x30 RIR2 300s")
+        return [Generation(text=text, prompt_tokens=10, completion_tokens=40, latency_s=1.0) for _ in conversations]
+
+    monkeypatch.setattr(inference, "generate_answers", fake_generate)
+    request = CoachRequest([SYSTEM, {"role": "user", "content": "A one-day plan."}], _constraints())
+    reply = engine.answer([request], decoding="guided")[0]
+    assert calls == [("guided", 1, 1), ("guided, session-bounded", 1, 1)]
+    assert reply.regenerated and reply.violations == []
+    assert (reply.completion_tokens, reply.latency_s) == (80, 2.0)  # both attempts are counted
+    # Raw decoding keeps the student's own answer and its violation.
+    calls.clear()
+    raw = engine.answer([request], decoding="raw")[0]
+    assert not raw.regenerated and any(v.startswith("session_too_long") for v in raw.violations)
+
+
 def _with_user(record, text):
     messages = [m if m.role != "user" else ChatMessage(role="user", content=text) for m in record.messages]
     return record.model_copy(update={"messages": messages})

@@ -99,8 +99,33 @@ def test_no_usable_exercise_is_a_clear_error():
     assert constrained_plan_schema(constraints(avoid_exercises=everything), referral=True)["properties"]["days"]
 
 
+def test_the_session_bounded_grammar_admits_no_day_that_runs_long(compiler):
+    from fitsense.constraints import check_answer, session_limit_seconds
+    from fitsense.plan import parse_coach_answer
+
+    c = constraints(session_minutes=30, max_exercises_per_day=4)  # limit 2070 s with the checker's slack
+    long_day = plan(exercises=["Bodyweight Squat 4x10 RIR2 120s"] * 4)  # 4 x 640 s = 2560 s
+    assert any(v.startswith("session_too_long") for v in check_answer(parse_coach_answer(long_day), c))
+    assert accepts(compiler, constrained_plan_schema(c), long_day)  # the plain grammar cannot see the sum
+    bounded = constrained_plan_schema(c, bound_session=True)
+    assert not accepts(compiler, bounded, long_day)
+    assert accepts(compiler, bounded, plan(exercises=["Bodyweight Squat 4x10 RIR2 120s"] * 2))  # 1280 s
+    # At the boundary: k exercises of exactly 1/k of the limit each pass the checker and the grammar.
+    for k in (1, 2, 3, 4):
+        sets = 2
+        rest = int(session_limit_seconds(30) / k // sets) - 40
+        text = plan(exercises=[f"Bodyweight Squat {sets}x10 RIR2 {min(rest, 600)}s"] * k)
+        assert accepts(compiler, bounded, text), k
+        assert check_answer(parse_coach_answer(text), c) == []
+        over = plan(exercises=[f"Bodyweight Squat {sets}x10 RIR2 {rest + 1}s"] * k)
+        assert rest + 1 > 600 or not accepts(compiler, bounded, over), k
+
+
 def test_the_cache_key_follows_what_the_grammar_depends_on():
-    assert grammar_key(constraints()) == grammar_key(constraints(session_minutes=60))  # not in the grammar
+    assert grammar_key(constraints()) == grammar_key(constraints(session_minutes=60))  # not in the plain grammar
+    assert grammar_key(constraints(), bound_session=True) != grammar_key(constraints(session_minutes=60),
+                                                                         bound_session=True)
+    assert grammar_key(constraints()) != grammar_key(constraints(), bound_session=True)
     assert grammar_key(constraints()) != grammar_key(constraints(rir_floor=3))
     assert grammar_key(constraints()) != grammar_key(constraints(), referral=True)
     assert grammar_key(constraints(days_per_week=3), referral=True) == grammar_key(constraints(), referral=True)

@@ -1,0 +1,79 @@
+"""Answer-generation throughput by attention kernel and batch size, through the inference path.
+
+Loads a run's student (its trained adapter merged, or the configured base model
+when the run has no training output), takes ``--examples`` test queries (in the
+order evaluation batches them) and answers them with ``CoachInference.answer``
+(raw decoding, the stop-at-complete-JSON criterion) once per attention kernel and
+batch size, all in one run so the figures compare. Prints tokens/s and wall time:
+
+    python benchmarks/bench_generation.py --run-id default --examples 24 --batch 12 24 --attention sdpa eager
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", required=True, help="a run with a dataset (and optionally training) stage")
+    parser.add_argument("--examples", type=int, default=24)
+    parser.add_argument("--batch", type=int, nargs="+", default=[12, 24])
+    parser.add_argument("--attention", nargs="+", default=["sdpa", "eager"])
+    parser.add_argument("--decoding", choices=["raw", "guided"], default="raw")
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+
+    from fitsense.config import load_params
+    from fitsense.evaluation.evaluate import expected_length, select_examples, student_requests
+    from fitsense.evaluation.inference import CoachInference
+    from fitsense.records import DistillRecord
+    from fitsense.runs import RunContext, locate_artifact, read_json, read_jsonl
+    from fitsense.training.screen import load_screen
+    from fitsense.training.student import load_student, resolve_base_model
+
+    params = load_params(args.params)
+    ctx = RunContext.create(params, args.run_id)
+    test = read_jsonl(ctx.require("dataset", "test.jsonl"), DistillRecord)
+    examples = sorted(select_examples(test, args.examples, params.seed), key=expected_length)
+    training = ctx.run_dir / "training"
+    student = read_json(training / "student.json") if (training / "student.json").exists() else {}
+    adapter = locate_artifact(student.get("adapter_dir"), training) if student else None
+    screen_dir = locate_artifact(student.get("screen_dir"), training) if student.get("screen_dir") else None
+    model, tokenizer = load_student(resolve_base_model(params.training), adapter, device=params.training.device,
+                                    precision=params.evaluation.precision, attention=args.attention[0])
+    if adapter is not None:
+        model = model.merge_and_unload()
+    engine = CoachInference(model, tokenizer, load_screen(screen_dir))
+    requests = student_requests(examples)
+    max_new = args.max_new_tokens or params.evaluation.max_new_tokens
+    print(f"{len(requests)} queries, {args.decoding} decoding, max_new_tokens {max_new}, "
+          f"model {'trained adapter (merged)' if adapter else 'base, no adapter'}, dtype {model.dtype}")
+    if args.decoding == "guided":
+        for request, refer in zip(requests, engine.screen.refer([r.messages[-1]["content"] for r in requests])):
+            engine.grammars.get(request.constraints, refer)  # compiled outside the timed passes
+    engine.answer(requests[:1], decoding="raw", max_new_tokens=2, batch_size=1)  # warm-up
+    baseline = None
+    for attention in args.attention:
+        model.set_attn_implementation(attention)
+        for batch in args.batch:
+            started = time.perf_counter()
+            replies = engine.answer(requests, decoding=args.decoding, max_new_tokens=max_new, batch_size=batch,
+                                    seed=params.seed)
+            wall = time.perf_counter() - started
+            tokens = sum(r.completion_tokens for r in replies)
+            rate = tokens / wall
+            baseline = baseline or rate
+            valid = sum(r.answer is not None for r in replies)
+            print(f"attention {attention:>5}, batch {batch:3d}: {tokens:6d} tokens in {wall:6.1f} s = "
+                  f"{rate:6.1f} tokens/s ({rate / baseline:.2f}x the first); valid {valid}/{len(replies)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
