@@ -47,7 +47,7 @@ def main() -> None:
     adapter = locate_artifact(student.get("adapter_dir"), training) if student else None
     screen_dir = locate_artifact(student.get("screen_dir"), training) if student.get("screen_dir") else None
     model, tokenizer = load_student(resolve_base_model(params.training), adapter, device=params.training.device,
-                                    precision=params.evaluation.precision, attention=args.attention[0])
+                                    precision=params.evaluation.precision)
     if adapter is not None:
         model = model.merge_and_unload()
     engine = CoachInference(model, tokenizer, load_screen(screen_dir))

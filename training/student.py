@@ -169,19 +169,12 @@ def load_tokenizer(model_dir: str | Path, padding_side: str = "right"):
     return tokenizer
 
 
-def inference_attention(device: str) -> str:
-    """The attention kernel generation uses: on the CPU the eager one decodes faster than SDPA
-    (benchmarks/bench_generation.py), elsewhere SDPA."""
-    return "eager" if device == "cpu" else "sdpa"
-
-
 def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "auto",
-                 precision: str = "auto", attention: str | None = None):
+                 precision: str = "auto"):
     """Load a student for inference: ``(model, tokenizer)``, eval mode, left padding for batched generation.
 
     ``adapter_dir`` is a PEFT LoRA adapter saved by training; its tokenizer is used when it saved one.
     ``precision`` as in ``resolve_precision``: bf16 weights generate ~1.7x faster on a bf16-capable CPU.
-    ``attention``: the attention implementation (default ``inference_attention(device)``).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -190,8 +183,7 @@ def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, d
     dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
     tok_dir = adapter_dir if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").exists() else model_dir
     tokenizer = load_tokenizer(tok_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype,
-                                                 attn_implementation=attention or inference_attention(device))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     if adapter_dir is not None:
         from peft import PeftModel
 
