@@ -252,8 +252,8 @@ class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key_env: str = "FITSENSE_SERVE_API_KEY"  # when this variable is set, requests need it as a bearer key
-    max_batch_size: int = Field(default=8, ge=1, le=256)  # micro-batch: up to this many requests ...
-    max_wait_ms: float = Field(default=25, ge=0)  # ... or this long after the first one arrives
+    max_batch_size: int = Field(default=16, ge=1, le=256)  # micro-batch: up to this many requests ...
+    max_wait_ms: float = Field(default=100, ge=0)  # ... or this long after the first one arrives
     max_new_tokens: int = Field(default=768, ge=8)  # the cap; a request's max_tokens may only lower it
     max_prompt_tokens: int = Field(default=2048, ge=16)  # longer prompts get a 400
     timeout_s: float = Field(default=300, gt=0)  # a request waiting longer for its answer gets a 504

@@ -277,7 +277,8 @@ def test_cli_serve_with_a_model_uri_that_does_not_resolve_is_a_one_line_error(re
     from fitsense.app.cli import app
 
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"registry": {"tracking_uri": registered.params.registry.tracking_uri}}))
+    params_file.write_text(yaml.safe_dump({"registry": {"tracking_uri": registered.params.registry.tracking_uri},
+                                           "run": {"artifacts_dir": str(tmp_path / "artifacts")}}))  # the log's folder
     result = CliRunner().invoke(app, ["serve", "--params", str(params_file), "--model-uri",
                                       "models:/fitsense-coach-student@nope"])
     assert result.exit_code == 2
