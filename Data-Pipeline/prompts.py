@@ -135,6 +135,12 @@ def _fact_lines(context: QueryContext, c: QueryConstraints, register: str, units
     if context.medications:
         health.append(med_t.format(medications=", ".join(context.medications)))
     lines.append(" ".join(health) or choose(bank.HEALTH_NONE[register]))
+    return lines + _constraint_lines(c, register, choose)
+
+
+def _constraint_lines(c: QueryConstraints, register: str, choose) -> list[str]:
+    """The equipment, schedule and avoid lines of a query's constraints."""
+    lines = []
     have = set(c.available_equipment) | {"bodyweight"}
     kit = choose(bank.FULL_GYM) if have == set(EQUIPMENT) else ", ".join(_words(e) for e in c.available_equipment)
     lines.append(choose(bank.EQUIPMENT_LINE[register]).format(kit=kit))
@@ -145,6 +151,16 @@ def _fact_lines(context: QueryContext, c: QueryConstraints, register: str, units
     if avoid:
         lines.append(choose(bank.AVOID[register]).format(avoid=", ".join(avoid)))
     return lines
+
+
+def profile_text(constraints: QueryConstraints, context: QueryContext | None = None) -> str:
+    """The facts a free-text request is asked with (``fitsense ask``), in the fixed terse wording: the user's
+    profile and health lines when their query context is known, then the constraints' equipment, schedule
+    and avoid lines. The student is trained on requests that state these facts, and a teacher asked later
+    (``teacher capture --from-inference-log``) needs them in the prompt to honour the constraints."""
+    if context is not None:
+        return "\n".join(_fact_lines(context, constraints, "terse", ("kg", "cm"), None))
+    return "\n".join(_constraint_lines(constraints, "terse", lambda options: options[0]))
 
 
 def _trends_line(context: QueryContext) -> str:

@@ -121,12 +121,60 @@ def stage(
     _run_stage(name, params, run_id, set_)
 
 
-# One command per stage, named in STAGES (`fitsense dataset`, `fitsense teacher capture`, ...).
+def _stage_help(name: str) -> str:
+    summary = get_stage(name).summary
+    return f"{summary[0].upper()}{summary[1:]} (the {name} stage; always reruns it)."
+
+
+# One command per stage, named in STAGES (`fitsense dataset`, `fitsense train`, ...); `teacher capture`,
+# which has options of its own, is below.
 for _stage in STAGES:
+    if _stage.name == "teacher":
+        continue
     _group, _, _verb = _stage.command.rpartition(" ")
-    {"": app, "teacher": teacher_app}[_group].command(
-        _verb, help=f"{_stage.summary[0].upper()}{_stage.summary[1:]} (the {_stage.name} stage; always reruns it)."
-    )(_stage_command(_stage.name))
+    {"": app, "teacher": teacher_app}[_group].command(_verb, help=_stage_help(_stage.name))(
+        _stage_command(_stage.name))
+
+
+LogUrlOpt = Annotated[Optional[str], typer.Option("--log-url", help="inference log URL (default: serving.log_url)")]
+LimitOpt = Annotated[Optional[int], typer.Option(help="at most this many logged requests")]
+
+
+def _export_inference_log(ctx: RunContext, url: str | None, limit: int | None, out: Path | None = None) -> dict:
+    from fitsense.registry.serving.inference_log import default_log_url, export_queries, export_to_run
+
+    url = url or default_log_url(ctx.params)
+    return export_queries(url, out, limit) if out else export_to_run(ctx, url, limit)
+
+
+@teacher_app.command("capture", help=_stage_help("teacher") + " With --from-inference-log, the run's queries are "
+                     "first replaced by the requests `fitsense serve` logged, fallbacks first: the next "
+                     "distillation round.")
+def teacher_capture(
+    params: ParamsOpt = Path("params.yaml"),
+    run_id: RunIdOpt = None,
+    set_: SetOpt = None,
+    from_inference_log: Annotated[bool, typer.Option(
+        "--from-inference-log", help="capture the logged serving requests (that carried constraints) instead")] = False,
+    log_url: LogUrlOpt = None,
+    limit: LimitOpt = None,
+) -> None:
+    ctx = _context(params, run_id, set_)
+    if not from_inference_log:
+        if log_url or limit is not None:
+            raise UserError("--log-url and --limit need --from-inference-log")
+        typer.echo(json.dumps(run_stage(ctx, "teacher"), indent=2, default=str))
+        return
+    if ctx.params.teacher.provider == "offline":
+        raise UserError("--from-inference-log: logged requests have no synthetic query behind them for the offline "
+                        "teacher to answer; use an OpenAI-compatible teacher (--set teacher.provider=openai "
+                        "--set teacher.base_url=...)")
+    exported = _export_inference_log(ctx, log_url, limit)
+    if not exported["queries"]:
+        raise UserError(f"--from-inference-log: the inference log has no request with constraints "
+                        f"({exported['logged_requests']} logged)")
+    result = run_stage(ctx, "teacher")
+    typer.echo(json.dumps({"inference_log": exported, **result}, indent=2, default=str))
 
 
 @teacher_app.command("serve")
@@ -210,31 +258,29 @@ def ask(
     model_uri: Annotated[Optional[str], typer.Option(help="default: serving.model_uri, else the champion")] = None,
 ) -> None:
     """Ask the registered student one question; prints the answer and the model version that wrote it."""
-    from fitsense.registry.serving.ask import ask_student, load_constraints, print_answer
+    from fitsense.registry.serving.ask import ask_student, load_profile, print_answer
 
     if profile is not None and user_id is not None:
         raise UserError("give --profile or --user-id, not both")
     ctx = _context(params, run_id, set_)
-    constraints = load_constraints(ctx, profile, user_id)
-    print_answer(ask_student(ctx.params, text, constraints, model_uri))
+    print_answer(ask_student(ctx.params, text, load_profile(ctx, profile, user_id), model_uri))
 
 
 @teacher_app.command("from-inference-log")
 def teacher_from_inference_log(
     run_id: RunIdOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="write here instead of the run's queries/queries.jsonl")] = None,
-    url: Annotated[Optional[str], typer.Option(help="inference log URL (default: serving.log_url)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="at most this many queries")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", "--log-url",
+                                               help="inference log URL (default: serving.log_url)")] = None,
+    limit: LimitOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Turn logged serving requests (fallbacks first) into the queries of a run, for the next teacher capture."""
-    from fitsense.registry.serving.inference_log import default_log_url, export_queries, export_to_run
-
+    """Turn logged serving requests (fallbacks first) into the queries of a run, for the next teacher capture
+    (`teacher capture --from-inference-log` does both)."""
     ctx = _context(params, run_id, set_)
-    url = url or default_log_url(ctx.params)
-    result = export_queries(url, out, limit) if out else export_to_run(ctx, url, limit)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(json.dumps(_export_inference_log(ctx, url, limit, out), indent=2))
+
 
 @app.command()
 def ui(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None, port: int = 5000) -> None:

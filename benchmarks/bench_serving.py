@@ -7,8 +7,8 @@ zero-initialised LoRA adapter: the compute of a trained one), starts
 their constraints) through the ``openai`` SDK at each concurrency level. The
 same requests run at every level, so the answers/s ratio compares like with like.
 
-    python benchmarks/bench_serving.py --model tiny                        # the tests' tiny random Llama: seconds
-    python benchmarks/bench_serving.py --model bundled --max-new-tokens 32  # SmolLM2-135M, short answers
+    python benchmarks/bench_serving.py --model tiny --max-new-tokens 48    # the tests' tiny random Llama: seconds
+    python benchmarks/bench_serving.py --model bundled --requests 16        # SmolLM2-135M, the server's max_new_tokens
     python benchmarks/bench_serving.py --model /path/to/model --set serving.max_batch_size=16
 """
 
@@ -100,6 +100,19 @@ async def run_level(base_url: str, requests: list[dict], concurrency: int) -> di
             "p50_s": statistics.median(latencies), "p95_s": q[18], "infos": infos}
 
 
+def attention_loader(attn: str | None):
+    """``load_version``, with the model's attention implementation switched to ``attn`` (when given)."""
+    from fitsense.registry.serving.student import load_version
+
+    def load(params, ref):
+        answerer = load_version(params, ref)
+        if attn:
+            answerer.model.set_attn_implementation(attn)
+        return answerer
+
+    return load
+
+
 def wilson(k: int, n: int) -> str:
     if n == 0:
         return "n/a (n=0)"
@@ -114,7 +127,12 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny | bundled | a local model folder")
     parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="serving.max_new_tokens (default: the server default, 768)")
+    parser.add_argument("--split-requests", type=int, default=None,
+                        help="test-split requests for the fallback and screen figures (default: the whole split)")
+    parser.add_argument("--attn", choices=("sdpa", "eager"), default=None,
+                        help="switch the served model's attention after loading (default: as load_student loads it)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value params override")
     args = parser.parse_args()
 
@@ -127,36 +145,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        ctx = register(root, _base_model(args.model, root),
-                       [f"serving.max_new_tokens={args.max_new_tokens}", *args.overrides])
+        cap = [f"serving.max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else []
+        ctx = register(root, _base_model(args.model, root), [*cap, *args.overrides])
         print(f"set-up (data stages, adapter, registration): {time.perf_counter() - started:.1f}s")
         test = read_jsonl(ctx.require("dataset", "test.jsonl"), DistillRecord)
         requests = [{"messages": [m.model_dump() for m in rec.messages if m.role != "assistant"],
                      "extra_body": {"constraints": rec.constraints.model_dump()}}
                     for rec in (test * (args.requests // len(test) + 1))[: max(args.requests, len(test))]]
-        service = build_service(ctx.params)
+        service = build_service(ctx.params, loader=attention_loader(args.attn))
         with running_server(service) as base_url:
             asyncio.run(run_level(base_url, requests[:2], 2))  # warm-up, untimed
-            levels = [asyncio.run(run_level(base_url, requests[: args.requests], c)) for c in args.concurrency]
+            levels = []
+            for c in args.concurrency:
+                levels.append(asyncio.run(run_level(base_url, requests[: args.requests], c)))
+                print(f"  c{c}: {levels[-1]['wall_s']:.0f}s", flush=True)
+            test = test[: args.split_requests]
             split = asyncio.run(run_level(base_url, requests[: len(test)], max(args.concurrency)))
             batches = list(service.batcher.batch_sizes)
 
     cfg = ctx.params.serving
-    print(f"model {args.model}, max_new_tokens {args.max_new_tokens}, micro-batches of up to "
+    print(f"model {args.model}, attention {args.attn or 'as loaded'}, max_new_tokens {cfg.max_new_tokens}, "
+          "micro-batches of up to "
           f"{cfg.max_batch_size} or {cfg.max_wait_ms:g} ms, torch threads {torch.get_num_threads()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"{'concurrency':>11} {'n':>4} {'p50 s':>7} {'p95 s':>7} {'answers/s':>10} {'vs c1':>6}")
     for lv in levels:
         ratio = lv["answers_per_s"] / levels[0]["answers_per_s"]
         print(f"{lv['concurrency']:>11} {lv['n']:>4} {lv['p50_s']:>7.2f} {lv['p95_s']:>7.2f} "
-              f"{lv['answers_per_s']:>10.2f} {ratio:>5.2f}x")
+              f"{lv['answers_per_s']:>10.3f} {ratio:>5.2f}x")
     print(f"batch sizes served: mean {statistics.mean(batches):.1f}, max {max(batches)}")
+    top = levels[-1]["answers_per_s"] / levels[0]["answers_per_s"]
+    print(f"target: c{levels[-1]['concurrency']} >= 2.5x the answers/s of c{levels[0]['concurrency']}: "
+          f"{top:.2f}x, {'met' if top >= 2.5 else 'missed'}")
 
     infos = split["infos"]  # the whole test split, in order
     needs = [rec.constraints.referral_required for rec in test]
     refer = [i["screen"] == "refer" for i in infos]
     caught = sum(r and n for r, n in zip(refer, needs))
-    print(f"test split: {len(test)} queries, {sum(needs)} need a referral; screen referred {sum(refer)}")
+    subset = " (the first of the split)" if args.split_requests else ""
+    print(f"test split: {len(test)} queries{subset}, {sum(needs)} need a referral; screen referred {sum(refer)}")
     print(f"  screen recall {wilson(caught, sum(needs))}, precision {wilson(caught, sum(refer))}")
     generated = [i for i in infos if i["decoding"] != "screen"]
     print(f"  generated answers valid {wilson(sum(bool(i['valid']) for i in generated), len(generated))}, "

@@ -30,6 +30,7 @@ import pandas as pd
 
 from fitsense.errors import StageError
 from fitsense.evaluation.audit_metrics import audit_by_model
+from fitsense.evaluation.endpoint import SERVED_ROLE, served_answers
 from fitsense.evaluation.generate import Generation, generate_answers
 from fitsense.evaluation.inference import CoachInference, CoachRequest
 from fitsense.evaluation.metrics import (
@@ -382,6 +383,8 @@ def log_to_mlflow(ctx: RunContext, metrics: dict, student: dict, dataset_run_id:
             tags["training_run_id"] = student["mlflow_run_id"]
         if role == "teacher":
             tags["teacher_model"] = ctx.params.teacher.model
+        if role == SERVED_ROLE:
+            tags.update(endpoint=metrics["served"]["base_url"], served_models=",".join(metrics["served"]["models"]))
         with mlflow.start_run(run_name=f"eval-{role}-{ctx.run_id}", tags=tags) as run:
             mlflow.log_params({**params, "n_examples": metrics["n_examples"]})
             mlflow.log_metrics(mlflow_metrics(metrics, role))
@@ -439,6 +442,10 @@ def evaluate_models(ctx: RunContext) -> dict:
     examples = sorted(examples, key=expected_length) + sorted(challenge_examples, key=expected_length)
     base_examples = sorted(base_examples, key=lambda ex: (split_of(ex), expected_length(ex)))
     generations = generate_student_answers(ctx, examples, student, base_examples)
+    served = None
+    if cfg.endpoint is not None:
+        served = served_answers(ctx.params, student_requests(examples), [ex.query_id for ex in examples])
+        generations[SERVED_ROLE] = served.generations
     query_records = queries_by_id(ctx)
     tables, texts = build_answer_tables(ctx, examples, generations, teacher_records, {"base": base_examples},
                                         query_records)
@@ -481,6 +488,9 @@ def evaluate_models(ctx: RunContext) -> dict:
         **compute_metrics(tables, cfg.disparity_threshold),
         "safety_screen": test_screen_metrics(ctx, student, test),
     }
+    if served is not None:
+        metrics["served"] = {"base_url": cfg.endpoint.base_url, "model": cfg.endpoint.model,
+                             "models": served.models, "concurrency": cfg.endpoint.concurrency}
     if query_records:  # the coaching-rule audit needs each example's query (its current plan, goal)
         metrics["audit"] = audit_by_model(texts, {role: [query_records.get(ex.query_id) for ex in answered[role]]
                                                   for role in texts})

@@ -121,6 +121,12 @@ def comparison_markdown(metrics: dict) -> str:
     if n_base:
         lines.append(f"The base student answers a kind-balanced subset: {n_base.get('test', 0)} test and "
                      f"{n_base.get('challenge', 0)} challenge examples (`evaluation.base_max_examples`).")
+    served = metrics.get("served")
+    if served:
+        lines.append(f"`student_served` is the student served at {served['base_url']} "
+                     f"({', '.join(served['models']) or served['model']}), asked through the teacher's client "
+                     f"{served['concurrency']} request(s) at a time; its latency is each request's wall time "
+                     "at the client, as the teacher's is.")
     if metrics.get("teacher_provider") == "offline":
         lines.append("Teacher latency and tokens/s are n/a: the offline teacher answers in-process, not over a network.")
     lines += ["", *model_table(models)]

@@ -31,6 +31,14 @@ from fitsense.records import QUERY_KINDS, SLICE_TAGS
 __all__ = ["ConfigError", "Params", "load_params"]
 
 
+def _check_http_url(value: str | None) -> str | None:
+    if value is not None:
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8765/v1")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -107,11 +115,7 @@ class TeacherConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None:
-            url = urlsplit(value)
-            if url.scheme not in ("http", "https") or not url.netloc:
-                raise ValueError("must be an http(s) URL such as http://127.0.0.1:8765/v1")
-        return value
+        return _check_http_url(value)
 
 
 class SplitConfig(_Section):
@@ -196,6 +200,22 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class EndpointConfig(_Section):
+    """A served student scored by evaluation (``student_served``) through the teacher's OpenAI-compatible client."""
+
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 (fitsense serve)
+    model: str = "fitsense-coach-student"  # the request's ``model`` field
+    api_key_env: str = "FITSENSE_SERVE_API_KEY"  # when this variable is set, it is sent as the bearer key
+    send_constraints: bool = True  # the query's constraints in the extra ``constraints`` field (fitsense serve's)
+    concurrency: int = Field(default=1, ge=1, le=256)  # requests in flight; latency is measured per request
+    timeout_s: float = Field(default=600, gt=0)  # per request (a CPU student writes ~768 tokens in minutes)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value)
+
+
 class EvaluationConfig(_Section):
     max_examples: int | None = Field(default=48, ge=1)  # of the test split; None = all
     challenge: bool = True  # also score the unseen-phrasing challenge split (dataset/challenge.jsonl)
@@ -207,6 +227,7 @@ class EvaluationConfig(_Section):
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
     guided: bool = True  # also score the student with the safety screen and constraint-guided decoding
+    endpoint: EndpointConfig | None = None  # also score a served student (student_served); None = off
 
 
 class PromotionConfig(_Section):
@@ -231,8 +252,8 @@ class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_key_env: str = "FITSENSE_SERVE_API_KEY"  # when this variable is set, requests need it as a bearer key
-    max_batch_size: int = Field(default=8, ge=1, le=256)  # micro-batch: up to this many requests ...
-    max_wait_ms: float = Field(default=25, ge=0)  # ... or this long after the first one arrives
+    max_batch_size: int = Field(default=16, ge=1, le=256)  # micro-batch: up to this many requests ...
+    max_wait_ms: float = Field(default=100, ge=0)  # ... or this long after the first one arrives
     max_new_tokens: int = Field(default=768, ge=8)  # the cap; a request's max_tokens may only lower it
     max_prompt_tokens: int = Field(default=2048, ge=16)  # longer prompts get a 400
     timeout_s: float = Field(default=300, gt=0)  # a request waiting longer for its answer gets a 504

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -276,7 +277,8 @@ def test_cli_serve_with_a_model_uri_that_does_not_resolve_is_a_one_line_error(re
     from fitsense.app.cli import app
 
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"registry": {"tracking_uri": registered.params.registry.tracking_uri}}))
+    params_file.write_text(yaml.safe_dump({"registry": {"tracking_uri": registered.params.registry.tracking_uri},
+                                           "run": {"artifacts_dir": str(tmp_path / "artifacts")}}))  # the log's folder
     result = CliRunner().invoke(app, ["serve", "--params", str(params_file), "--model-uri",
                                       "models:/fitsense-coach-student@nope"])
     assert result.exit_code == 2
@@ -322,3 +324,109 @@ def test_fallback_off_survives_yaml():
     from fitsense.config import load_params
 
     assert load_params(None, ["serving.fallback=off"]).serving.fallback == "off"  # YAML reads `off` as false
+
+
+def test_evaluation_scores_the_served_student_through_the_teachers_client(server, tiny_model_dir, tmp_path):
+    from eval_factories import make_adapter, make_eval_run
+    from mlflow import MlflowClient
+
+    from fitsense.evaluation.evaluate import evaluate_models
+    from fitsense.tracking import setup_mlflow
+
+    base_url, service = server
+    service.flush_log()
+    logged = len(service.log.rows())
+    ctx = make_eval_run(tmp_path, tiny_model_dir, make_adapter(tiny_model_dir, tmp_path / "adapter"), run_id="served",
+                        **{"evaluation.max_examples": 3, "evaluation.max_new_tokens": 8, "evaluation.batch_size": 3,
+                           "evaluation.guided": False, "evaluation.endpoint.base_url": base_url,
+                           "evaluation.endpoint.concurrency": 2})
+    evaluate_models(ctx)
+    out = ctx.run_dir / "evaluation"
+    metrics = json.loads((out / "metrics.json").read_text())
+    served = metrics["models"]["student_served"]
+    assert served["n"] == 3 and served["latency_p50_s"] > 0 and served["latency_p95_s"] >= served["latency_p50_s"]
+    assert served["tokens_per_s"] > 0 and served["rates"]["validity"]["n"] == 3
+    assert metrics["served"]["models"] == ["fitsense-coach-student/1"]
+    assert {"student_served_validity", "student_served_latency_p50_s"} <= set(metrics)
+    answers = read_jsonl(out / "answers_student_served.jsonl")
+    assert len(answers) == 3 and all(a["latency_s"] > 0 and a["prompt_tokens"] > 100 and a["completion_tokens"] > 0
+                                     for a in answers)
+    comparison = (out / "comparison.md").read_text()
+    assert "| base | student | student_served | teacher |" in comparison and base_url in comparison
+    # The server answered exactly these requests, each with its query's constraints and the referral label withheld.
+    service.flush_log()
+    rows = service.log.rows()[logged:]
+    assert len(rows) == 3 and all(r["constraints"]["referral_required"] is False for r in rows)
+    setup_mlflow(ctx.params)
+    run_id = json.loads((out / "mlflow_runs.json").read_text())["student_served"]
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["model_role"] == "student_served" and run.data.tags["endpoint"] == base_url
+    assert run.data.metrics["latency_p50_s"] == served["latency_p50_s"] and "validity" in run.data.metrics
+    assert "per_example.json" in {a.path for a in MlflowClient().list_artifacts(run_id)}
+
+
+def test_an_endpoint_that_does_not_answer_is_an_error_naming_the_setting():
+    from fitsense.config import load_params
+    from fitsense.evaluation.endpoint import EndpointError, served_answers
+    from fitsense.evaluation.inference import CoachRequest
+    from fitsense.data.teacher.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    params = load_params(None, {"evaluation.endpoint.base_url": url, "teacher.max_retries": 0})
+    with pytest.raises(EndpointError, match=re.escape(f"evaluation.endpoint {url}: query q7: ")):
+        served_answers(params, [CoachRequest([{"role": "user", "content": "hi"}])], ["q7"])
+
+
+def test_capture_from_the_inference_log_asks_the_teacher_what_the_student_was_asked(registered, tmp_path,
+                                                                                     monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from fitsense.app.cli import app
+    from fitsense.data.prompts import profile_text
+    from fitsense.data.teacher.server import running_server as teacher_server
+    from fitsense.records import TeacherRecord
+
+    log_url = f"sqlite:///{tmp_path / 'log.sqlite'}"
+    every = read_jsonl(registered.run_dir / "queries" / "queries.jsonl", CoachingQuery)
+    latest = {q.user_id: q for q in every}  # `ask --user-id` takes the user's latest query
+    user = next(q for q in latest.values() if not q.constraints.referral_required and q.kind == "plan_creation")
+    params_file = tmp_path / "serve.yaml"
+    params_file.write_text(yaml.safe_dump(serving_params(registered, **{
+        "serving.fallback": "off", "serving.log_url": log_url}).model_dump(mode="json")))
+    asked = CliRunner().invoke(app, ["ask", "New plan please.", "--user-id", str(user.user_id), "--params",
+                                     str(params_file), "--run-id", registered.run_id])
+    assert asked.exit_code == 0, asked.output
+    log = InferenceLog(log_url)
+    row = log.rows()[-1]
+    log.close()
+    # The student was asked the question with the user's profile and constraint lines, and the constraints sent.
+    question = f"New plan please.\n{profile_text(user.constraints, user.context)}"
+    assert row["messages"][-1]["content"] == question and row["user_id"] == str(user.user_id)
+    assert str(user.context.profile.age) in question and f"{user.constraints.days_per_week}" in question
+    assert row["constraints"] == user.constraints.model_dump()
+
+    round2 = tmp_path / "round2.yaml"
+    settings = {"run": {"artifacts_dir": str(tmp_path / "artifacts")}, "serving": {"log_url": log_url},
+                "teacher": {"cache_dir": str(tmp_path / "cache")}}
+    round2.write_text(yaml.safe_dump(settings))
+    offline = CliRunner().invoke(app, ["teacher", "capture", "--from-inference-log", "--run-id", "r2",
+                                       "--params", str(round2)])
+    assert offline.exit_code == 2 and "teacher.provider=openai" in offline.output
+
+    # A remote teacher that knows this user's query answers the logged prompt as the structured query asks.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-teacher-test")
+    knows = CoachingQuery.model_validate({**user.model_dump(), "messages": row["messages"]})
+    with teacher_server([knows]) as (teacher_url, teacher_app):
+        settings["teacher"].update(provider="openai", base_url=teacher_url)
+        round2.write_text(yaml.safe_dump(settings))
+        result = CliRunner().invoke(app, ["teacher", "capture", "--from-inference-log", "--run-id", "r2",
+                                          "--params", str(round2)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["inference_log"]["queries"] == 1
+    exported = read_jsonl(tmp_path / "artifacts" / "r2" / "queries" / "queries.jsonl")
+    assert [(q["user_id"], q["messages"], q["constraints"]) for q in exported] == \
+        [(user.user_id, row["messages"], user.constraints.model_dump())]
+    records = read_jsonl(tmp_path / "artifacts" / "r2" / "teacher" / "records.jsonl", TeacherRecord)
+    assert [(r.status, r.user_id) for r in records] == [("ok", user.user_id)]  # valid and within the constraints
+    assert teacher_app.state.stats["requests"] == 1

@@ -200,7 +200,7 @@ def test_bad_answers_are_repaired_with_the_exact_error(tmp_path):
     class Scripted:
         model, remote = "scripted", False
 
-        async def complete(self, messages):
+        async def complete(self, messages, extra=None):
             sent.append(messages)
             return Completion(bad.to_json() if len(sent) == 1 else good.to_json(), 10, 10)
 

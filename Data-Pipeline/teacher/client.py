@@ -34,6 +34,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    model: str | None = None  # the model the endpoint says answered (fitsense serve: <name>/<version>)
 
 
 class TeacherConfigError(ConfigError):
@@ -53,7 +54,7 @@ class Teacher(Protocol):
     model: str
     remote: bool  # remote teachers go through the rate limiter, retries, the cache and the budget
 
-    async def complete(self, messages: list[dict]) -> Completion: ...
+    async def complete(self, messages: list[dict], extra: dict | None = None) -> Completion: ...
 
     async def aclose(self) -> None: ...
 
@@ -91,8 +92,8 @@ class OfflineTeacher:
             self._answers[key] = answer_query(query).to_json()
         return self._answers[key]
 
-    async def complete(self, messages: list[dict]) -> Completion:
-        text = self.answer_text(messages)
+    async def complete(self, messages: list[dict], extra: dict | None = None) -> Completion:
+        text = self.answer_text(messages)  # ``extra`` request fields mean nothing to the offline expert
         prompt = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
         return Completion(text=text, prompt_tokens=prompt, completion_tokens=estimate_tokens(text))
 
@@ -133,12 +134,14 @@ def _http_client(cfg: TeacherConfig):
 
 
 class OpenAITeacher:
-    """Chat completions on any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, ``fitsense teacher serve``)."""
+    """Chat completions on any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, ``fitsense teacher serve``,
+    ``fitsense serve``). ``key_required=False`` is for an endpoint that may run without auth: with the
+    variable unset, requests carry a placeholder key."""
 
     remote = True
 
-    def __init__(self, cfg: TeacherConfig):
-        key = os.environ.get(cfg.api_key_env)
+    def __init__(self, cfg: TeacherConfig, key_required: bool = True):
+        key = os.environ.get(cfg.api_key_env) or ("" if key_required else "unused")
         if not key:
             raise TeacherConfigError(
                 f"teacher.provider is 'openai' but the environment variable {cfg.api_key_env} "
@@ -159,7 +162,8 @@ class OpenAITeacher:
                                               timeout=self.cfg.timeout_s, http_client=_http_client(self.cfg))
         return self._client
 
-    async def complete(self, messages: list[dict]) -> Completion:
+    async def complete(self, messages: list[dict], extra: dict | None = None) -> Completion:
+        """One chat completion; ``extra`` adds request fields (``fitsense serve``'s ``constraints``)."""
         import openai
 
         try:
@@ -170,7 +174,7 @@ class OpenAITeacher:
             data = await self.client.post(
                 "/chat/completions", cast_to=object,
                 body={"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature,
-                      "max_tokens": self.cfg.max_tokens},
+                      "max_tokens": self.cfg.max_tokens, **(extra or {})},
             )
         except openai.APIStatusError as exc:
             retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
@@ -198,7 +202,9 @@ class OpenAITeacher:
             prompt = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
         if completion is None:
             completion = estimate_tokens(text)
-        return Completion(text=text, prompt_tokens=prompt, completion_tokens=completion)
+        model = data.get("model")
+        return Completion(text=text, prompt_tokens=prompt, completion_tokens=completion,
+                          model=model if isinstance(model, str) else None)
 
     def _clean(self, text: str) -> str:
         return redact(text, self._secrets)[:500]

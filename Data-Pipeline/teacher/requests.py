@@ -9,6 +9,7 @@ turns; ``run_capture`` drives it over a queue with bounded concurrency.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -123,18 +124,23 @@ class CaptureSession:
             return retry_after
         return wait_random_exponential(multiplier=self.cfg.backoff_base_s, max=self.cfg.backoff_max_s)(state)
 
-    async def request(self, messages: list[dict]) -> tuple[Completion, int, bool]:
-        """One completion (cached, limited, retried): (completion, HTTP attempts, cache hit)."""
+    async def request(self, messages: list[dict], extra: dict | None = None) -> tuple[Completion, int, bool]:
+        """One completion (cached unless ``cache`` is None, limited, retried): (completion, HTTP attempts, cache
+        hit). ``extra`` adds request fields (evaluation sends a served student its query's constraints)."""
         if not self.teacher.remote:
-            return await self.teacher.complete(messages), 0, False
-        ident = tuple((m["role"], m["content"]) for m in messages)
-        key = self.keys.get(ident)
-        if key is None:
-            key = self.keys[ident] = cache_key(self.teacher.model, messages, self.gen_params)
-        cached = self.cache.get(key)
-        if cached is not None:
-            self.counters.cache_hits += 1
-            return cached, 0, True
+            return await self.teacher.complete(messages, extra), 0, False
+        key = None
+        if self.cache is not None:
+            ident = tuple((m["role"], m["content"]) for m in messages)
+            if extra:
+                ident += (json.dumps(extra, sort_keys=True),)
+            key = self.keys.get(ident)
+            if key is None:
+                key = self.keys[ident] = cache_key(self.teacher.model, messages, {**self.gen_params, **(extra or {})})
+            cached = self.cache.get(key)
+            if cached is not None:
+                self.counters.cache_hits += 1
+                return cached, 0, True
         prompt_est = sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN
         worst = self.cost(prompt_est, self.cfg.max_tokens)
         retrying = AsyncRetrying(
@@ -144,15 +150,17 @@ class CaptureSession:
         )
         sent: list = []
         try:
-            await self._attempts(retrying, messages, prompt_est, worst, sent)
+            await self._attempts(retrying, messages, prompt_est, worst, sent, extra)
         except (TeacherRequestError, BudgetExhausted) as exc:
             exc.attempts = len(sent)  # type: ignore[attr-defined]
             raise
         completion = sent[-1]
-        self.cache.put(key, completion)
+        if self.cache is not None:
+            self.cache.put(key, completion)
         return completion, len(sent), False
 
-    async def _attempts(self, retrying, messages, prompt_est: int, worst: float, sent: list) -> None:
+    async def _attempts(self, retrying, messages, prompt_est: int, worst: float, sent: list,
+                        extra: dict | None = None) -> None:
         """Run the retry loop; ``sent`` gets one entry per HTTP attempt (the completion on success)."""
         async for attempt in retrying:
             with attempt:
@@ -163,7 +171,7 @@ class CaptureSession:
                 sent.append(None)
                 self.counters.requests += 1
                 try:
-                    completion = await self.teacher.complete(messages)
+                    completion = await self.teacher.complete(messages, extra)
                 except TeacherRequestError:
                     self.budget.settle(worst, 0.0)  # failed requests are not billed
                     self.limiter.settle(prompt_est + self.cfg.max_tokens, prompt_est)

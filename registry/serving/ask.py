@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fitsense.config import Params
@@ -17,34 +18,52 @@ from fitsense.runs import RunContext, describe_invalid, read_jsonl
 from fitsense.registry.serving.service import ServedAnswer
 
 
-def load_constraints(ctx: RunContext, profile: Path | None, user_id: int | None) -> QueryConstraints | None:
-    """Constraints from a JSON file, or from the run's latest query of ``user_id``, or none."""
+@dataclass(frozen=True)
+class AskProfile:
+    """What a free-text question is asked with: the user's constraints and their facts as text."""
+
+    constraints: QueryConstraints | None = None
+    text: str | None = None  # profile and constraint lines added to the question (fitsense.data.prompts)
+    user: str | None = None  # the user id, logged with the request
+
+
+def load_profile(ctx: RunContext, profile: Path | None, user_id: int | None) -> AskProfile:
+    """Constraints from a JSON file, or the run's latest query of ``user_id`` (its constraints and profile), or none."""
+    from fitsense.data.prompts import profile_text
+
     if profile is not None:
         try:
             data = json.loads(Path(profile).read_text())
-            return QueryConstraints.model_validate(data.get("constraints", data) if isinstance(data, dict) else data)
+            constraints = QueryConstraints.model_validate(data.get("constraints", data) if isinstance(data, dict)
+                                                          else data)
         except FileNotFoundError:
             raise InputDataError(f"{profile}: profile file not found") from None
         except ValueError as exc:
             raise InputDataError(f"{profile}: not a constraints object: {describe_invalid(exc)}") from None
+        return AskProfile(constraints, profile_text(constraints))
     if user_id is not None:
         queries = [q for q in read_jsonl(ctx.require("queries", "queries.jsonl"), CoachingQuery) if q.user_id == user_id]
         if not queries:
             raise InputDataError(f"run {ctx.run_id} has no query for user {user_id}")
-        return queries[-1].constraints
-    return None
+        latest = queries[-1]
+        return AskProfile(latest.constraints, profile_text(latest.constraints, latest.context), str(user_id))
+    return AskProfile()
 
 
-def ask_student(params: Params, text: str, constraints: QueryConstraints | None = None,
+def ask_student(params: Params, text: str, profile: AskProfile = AskProfile(),
                 model_uri: str | None = None) -> ServedAnswer:
+    """One answer to ``text``, asked with the profile's facts appended and its constraints sent alongside."""
     from fitsense.registry.serving.server import build_service
+
+    content = f"{text}\n{profile.text}" if profile.text else text
 
     async def _ask() -> ServedAnswer:
         service = build_service(params, model_uri)
         await asyncio.to_thread(service.load)
         await service.start()
         try:
-            request = service.prepare([{"role": "user", "content": text}], constraints)
+            request = service.prepare([{"role": "user", "content": content}], profile.constraints,
+                                      user=profile.user)
             return await service.answer(request)
         finally:
             await service.stop()

@@ -47,6 +47,7 @@ INFERENCE_LOG = Table(
     Column("user_text", Text, nullable=False),
     Column("messages", JSON, nullable=False),
     Column("constraints", JSON),  # a QueryConstraints dict, or null when the client sent none
+    Column("user_id", String(256)),  # the request's ``user`` (fitsense ask --user-id sends the synthetic user's id)
     Column("model_version", String(64)),  # fitsense-coach-student/<version>
     Column("screen_decision", String(16), nullable=False),  # pass | refer
     Column("valid", Boolean),  # the student's answer parsed as a plan
@@ -74,6 +75,7 @@ def request_hash(messages: list[dict], constraints: QueryConstraints | None) -> 
 class LogRow:
     messages: list[dict]
     constraints: QueryConstraints | None
+    user: str | None
     model_version: str | None
     screen_decision: str
     valid: bool | None
@@ -91,6 +93,7 @@ class LogRow:
             "user_text": "\n".join(m["content"] for m in self.messages if m["role"] == "user"),
             "messages": self.messages,
             "constraints": self.constraints.model_dump() if self.constraints else None,
+            "user_id": self.user,
             **{k: getattr(self, k) for k in ("model_version", "screen_decision", "valid", "violations", "fallback",
                                              "status", "latency_ms", "prompt_tokens", "completion_tokens")},
         }
@@ -104,6 +107,18 @@ class InferenceLog:
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(url)
         metadata.create_all(self.engine, checkfirst=True)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a log's table was created (``create_all`` leaves an existing table as it is)."""
+        from sqlalchemy import inspect, text
+
+        have = {c["name"] for c in inspect(self.engine).get_columns(INFERENCE_LOG.name)}
+        missing = [c for c in INFERENCE_LOG.columns if c.name not in have]
+        with self.engine.begin() as conn:
+            for column in missing:
+                conn.execute(text(f"ALTER TABLE {INFERENCE_LOG.name} ADD COLUMN {column.name} "
+                                  f"{column.type.compile(self.engine.dialect)}"))
 
     def write(self, row: LogRow) -> None:
         with self.engine.begin() as conn:
@@ -123,8 +138,13 @@ def export_queries(url: str, out_path: str | Path, limit: int | None = None) -> 
     Each record has what capture sends a remote teacher and checks its answer
     against (``query_id``, ``user_id``, ``kind``, ``messages``, ``constraints``;
     ``fitsense.data.teacher.loading.QueryHead``), so ``teacher capture`` with an
-    OpenAI-compatible teacher can answer them. Requests without constraints
-    are skipped: a teacher answer to them could not be checked.
+    OpenAI-compatible teacher can answer them. The messages are the ones the
+    student was asked (system prompt included; ``fitsense ask`` adds the user's
+    profile and constraint lines to the question), so the teacher's prompt is
+    the student's; the constraints are the ones the request sent, and the user
+    id the request's ``user`` when it is a synthetic user's number (else 0).
+    Requests without constraints are skipped: a teacher answer to them could
+    not be checked.
     """
     log = InferenceLog(url)
     try:
@@ -140,14 +160,15 @@ def export_queries(url: str, out_path: str | Path, limit: int | None = None) -> 
             continue
         seen.add(r["request_hash"])
         constraints = QueryConstraints.model_validate(r["constraints"])
+        user = r["user_id"]
         records.append({
             "query_id": f"inf-{r['request_hash'][:16]}",
-            "user_id": 0,
+            "user_id": int(user) if user and user.isdigit() else 0,
             "kind": "safety_adjustment" if r["screen_decision"] == "refer" else "plan_creation",
             "messages": r["messages"],
             "constraints": constraints.model_dump(),
             "source": {"inference_log_id": r["id"], "fallback": bool(r["fallback"]),
-                       "model_version": r["model_version"]},
+                       "model_version": r["model_version"], "user": user},
         })
         if limit is not None and len(records) >= limit:
             break

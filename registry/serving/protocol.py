@@ -24,6 +24,7 @@ class ServeRequest:
     constraints: QueryConstraints | None = None  # the user's constraints, when the client sent them
     max_new_tokens: int = 768
     response_schema: dict | None = None  # a JSON schema the answer must match (``response_format``)
+    user: str | None = None  # the end user's id (OpenAI's ``user`` field), for the inference log
 
 
 @dataclass(frozen=True)

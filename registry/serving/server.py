@@ -52,7 +52,7 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: Literal[1] | None = None
     stream: Literal[False] | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=256)  # the end user's id: logged, not used
     response_format: dict[str, Any] | None = None
     constraints: dict[str, Any] | None = None  # validated as QueryConstraints (422 naming the field)
 
@@ -175,7 +175,7 @@ def create_app(service: CoachService, api_key: str | None = None) -> FastAPI:
             chat, constraints, schema = parse_request(await request.body())
             try:
                 serve_request = service.prepare([m.model_dump() for m in chat.messages], constraints,
-                                                chat.max_completion_tokens or chat.max_tokens, schema)
+                                                chat.max_completion_tokens or chat.max_tokens, schema, chat.user)
             except PromptTooLongError as exc:
                 raise RequestError(400, str(exc), param="messages", code="context_length_exceeded") from None
             try:

@@ -185,7 +185,7 @@ class CoachService:
 
     # --- one request ----------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], constraints=None, max_tokens: int | None = None,
-                response_schema: dict | None = None) -> ServeRequest:
+                response_schema: dict | None = None, user: str | None = None) -> ServeRequest:
         """A checked request: the student's system prompt added when the client sent none; size limits applied."""
         from fitsense.data.prompts import SYSTEM_PROMPT
 
@@ -197,7 +197,7 @@ class CoachService:
                                      f"{self.cfg.max_prompt_tokens} (serving.max_prompt_tokens)")
         max_new = min(max_tokens or self.cfg.max_new_tokens, self.cfg.max_new_tokens)
         return ServeRequest(messages=messages, constraints=constraints, max_new_tokens=max_new,
-                            response_schema=response_schema)
+                            response_schema=response_schema, user=user)
 
     async def answer(self, request: ServeRequest) -> ServedAnswer:
         started = time.perf_counter()
@@ -254,7 +254,7 @@ class CoachService:
     def _write_log(self, request: ServeRequest, served: ServedAnswer | None, started: float, status: int) -> None:
         if self.log is None:
             return
-        row = LogRow(messages=request.messages, constraints=request.constraints,
+        row = LogRow(messages=request.messages, constraints=request.constraints, user=request.user,
                      model_version=served.model_id if served else self.model_id,
                      screen_decision=served.screen.label if served else "pass",
                      valid=served.student.valid if served else None,
