@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -43,7 +42,7 @@ from fitsense.records import (
     QueryContext,
     Symptom,
 )
-from fitsense.runs import RunContext, atomic_open, jsonl_line, write_manifest
+from fitsense.runs import RunContext, atomic_open, available_cpus, jsonl_line, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -426,10 +425,6 @@ def write_queries(path: Path, plan: _Plan, workers: int = 1) -> tuple[int, dict,
                     Path(p).unlink(missing_ok=True)
     rows = {k: sum(r[0][k] for r in results) for k in QUERY_KINDS}
     return sum(rows.values()), rows, sum(r[1] for r in results)
-
-
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def build_queries(ctx: RunContext) -> dict:

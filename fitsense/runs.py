@@ -80,6 +80,11 @@ def locate_artifact(path: str | None, stage_dir: Path) -> Path | None:
     return moved if moved.exists() else recorded
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (the worker processes data stages fork)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

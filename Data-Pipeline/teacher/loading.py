@@ -28,15 +28,19 @@ class QueryHead(BaseModel):
 
 def read_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> list:
     """Like ``read_jsonl(path, model)`` but parsed by pydantic-core straight from the JSON text."""
-    out = []
+    return [q for q, _ in iter_queries(path, model)]
+
+
+def iter_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> Iterator[tuple[BaseModel, str]]:
+    """Each query parsed as ``model``, with its JSON line; a bad line raises ``InputDataError`` naming the
+    file and line number."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    out.append(model.model_validate_json(line))
+                    yield model.model_validate_json(line), line
                 except ValueError as exc:
                     raise InputDataError(f"{path}:{lineno}: invalid query record: {describe_invalid(exc)}") from None
-    return out
 
 
 @contextlib.contextmanager
