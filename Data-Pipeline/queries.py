@@ -20,9 +20,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -349,6 +350,13 @@ def finish_query(query_id: str, user: int, kind: str, b: dict, drawn: tuple[dict
 
 
 CHUNK = 5_000  # queries a worker builds at a time (the unit the parts are stitched by)
+USER_BATCH = 20_000  # users whose workouts and plans are read and summarised at a time (memory stays flat)
+
+
+def _batches(users: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(users), USER_BATCH):
+        yield users[start:start + USER_BATCH]
+
 
 
 @dataclass
@@ -360,8 +368,9 @@ class _Plan:
     users: list[int]
     kinds: list[str]
     rng: np.random.Generator  # the stage's sequential generator, past the choice of users
-    plans: dict[int, dict]
-    trends: dict[int, list[ExerciseTrend]]
+    # per user, as JSON bytes: one object each, so forked workers share these pages instead of copying them
+    plans: dict[int, bytes]
+    trends: dict[int, bytes]  # a list of ExerciseTrend fields
     red_flag_share: float
     seed: int
     width: int
@@ -375,7 +384,9 @@ def _build_part(plan: _Plan, worker: int, workers: int, out: BinaryIO) -> tuple[
     start = out.tell()
     for i, (user, kind) in enumerate(zip(plan.users, plan.kinds), start=1):
         b = plan.world.base(user)
-        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, plan.plans.get(user), plan.trends.get(user))
+        current, trends = plan.plans.get(user), plan.trends.get(user)
+        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, None if current is None else orjson.loads(current),
+                             None if trends is None else [ExerciseTrend(**t) for t in orjson.loads(trends)])
         if ((i - 1) // CHUNK) % workers != worker:
             continue
         q = finish_query(f"q{i:0{plan.width}d}", user, kind, b, drawn,
@@ -439,11 +450,12 @@ def build_queries(ctx: RunContext) -> dict:
     # progress adaptation needs users with at least two logged weeks of some exercise
     n_prog = counts.get("progress_adaptation", 0)
     chosen = rng.choice(users_all, size=len(kinds), replace=len(kinds) > len(users_all))
-    trends: dict[int, list[ExerciseTrend]] = {}
+    trends: dict[int, bytes] = {}
     if n_prog:
         sample = sorted(set(rng.choice(users_all, size=min(len(users_all), max(4 * n_prog, 50)),
                                        replace=False).tolist()))
-        trends = world.trends(sample)
+        trends = {user: orjson.dumps([t.model_dump() for t in ts])
+                  for batch in _batches(sample) for user, ts in world.trends(batch).items()}
         pool = np.array(sorted(trends))
         if len(pool) == 0:
             raise InputDataError("synthetic tables: no user has logged workouts to build progress queries from; "
@@ -452,7 +464,7 @@ def build_queries(ctx: RunContext) -> dict:
         chosen[prog] = rng.choice(pool, size=int(prog.sum()), replace=int(prog.sum()) > len(pool))
     needed = sorted(set(chosen.tolist()))
     world.load_users(needed)
-    plans = world.current_plans(needed)
+    plans = {user: orjson.dumps(p) for batch in _batches(needed) for user, p in world.current_plans(batch).items()}
 
     plan = _Plan(world, chosen.tolist(), kinds.tolist(), rng, plans, trends, cfg.red_flag_share, ctx.params.seed,
                  width=max(6, len(str(cfg.n_queries))))

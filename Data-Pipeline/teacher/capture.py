@@ -23,6 +23,11 @@
   journaled (answers and invalid-after-repairs); transient failures
   (retries exhausted, budget) are written to ``records.jsonl`` but retried by
   the next run.
+- Streaming: queries are read, captured and their records written ``CHUNK``
+  at a time (memory holds a chunk, not the run). With the offline expert and
+  at least ``PARALLEL_FROM`` queries, forked workers (one per CPU) answer the
+  next chunk while this one goes through the same capture path (parsing,
+  checks, records, journal) as a remote teacher's answers.
 - Sharding (Airflow dynamic task mapping): ``shard_index``/``num_shards`` take
   queries with ``index % num_shards == shard_index`` and write
   ``records.shard-<i>-of-<n>.jsonl``; ``merge_teacher_shards`` finalises.

@@ -1,4 +1,4 @@
-"""Loading many queries fast, and holding them without the garbage collector re-scanning them."""
+"""Reading many queries fast, and holding a chunk of them without the garbage collector re-scanning them."""
 
 from __future__ import annotations
 
@@ -44,17 +44,13 @@ def iter_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> Iterator
 
 
 @contextlib.contextmanager
-def few_collections() -> Iterator[bool]:
-    """Garbage collection tuned for holding ~10^5 long-lived objects (queries, records): with the default
-    gen-0 threshold (700) the collector re-scanned them so often that it took about half the CPU of a
-    fully cached rerun. Collections run 50x less often, and the loaded queries are frozen (never scanned)
-    unless the process already froze objects for its own reasons (forking servers do); undone on exit."""
+def few_collections() -> Iterator[None]:
+    """Garbage collection tuned for holding ~10^4-10^5 live objects (a chunk of queries and records): with
+    the default gen-0 threshold (700) the collector re-scanned them so often that it took about half the CPU
+    of a fully cached rerun. Collections run 50x less often; undone on exit."""
     threshold = gc.get_threshold()
-    freeze = gc.get_freeze_count() == 0
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
-        yield freeze
+        yield
     finally:
         gc.set_threshold(*threshold)
-        if freeze:
-            gc.unfreeze()
