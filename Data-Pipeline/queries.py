@@ -14,6 +14,7 @@ records which wording (``CoachingQuery.phrasing``). Deterministic for the seed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
@@ -423,6 +424,7 @@ def write_queries(path: Path, plan: _Plan, workers: int = 1) -> tuple[int, dict,
         else:
             parts = [out.name + f".part{w}" for w in range(workers)]
             _FORKED_PLAN = plan
+            gc.freeze()  # the workers' collections never write to the inherited objects, so their pages stay shared
             try:
                 with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
                     results = list(pool.map(_forked_part, range(workers), [workers] * workers, parts))
@@ -431,6 +433,7 @@ def write_queries(path: Path, plan: _Plan, workers: int = 1) -> tuple[int, dict,
                     for c in range(sum(len(r[2]) for r in results)):
                         out.write(handles[c % workers].read(results[c % workers][2][c // workers]))
             finally:
+                gc.unfreeze()
                 _FORKED_PLAN = None
                 for p in parts:
                     Path(p).unlink(missing_ok=True)

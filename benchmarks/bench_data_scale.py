@@ -31,12 +31,12 @@ STAGES = ("synthetic", "queries", "teacher", "dataset", "quality")
 
 
 def _tree_rss(proc: psutil.Process) -> int:
-    """Resident memory of a process and its children (forked workers), summed: pages they share are
-    counted once per process, so this errs high."""
+    """Memory of a process and its children (forked workers) together: the sum of their proportional set
+    sizes (a page shared by k processes counts 1/k in each), i.e. what they hold between them."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
     return total
 
 
@@ -65,7 +65,7 @@ def run_stage(stage: str, run_id: str, overrides: list[str]) -> dict:
         raise SystemExit(f"stage {stage} failed (exit {proc.returncode}):\n{stderr_tail[-3000:]}")
     return {"seconds": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024),  # ru_maxrss: KiB on Linux; the largest process
-            "tree_rss_mb": round(max(tree_peak[0], usage.ru_maxrss * 1024) / 1024**2)}
+            "tree_rss_mb": round(tree_peak[0] / 1024**2)}
 
 
 def bench(root: Path, sizes: list[int], queries_per_user: float, extra: list[str]) -> dict:
@@ -102,8 +102,8 @@ def report(results: dict[str, dict[int, dict]]) -> str:
     tree = {n: max(results[s][n]["tree_rss_mb"] for s in results) for n in sizes}
     lines.append(f"{'total':<12}" + "".join(f"{seconds[n]:>12.1f}{cpu[n]:>8.1f}{peak[n]:>7}{tree[n]:>7}"
                                             for n in sizes))
-    lines.append("slopes: log-log of wall seconds. RSS MB: the largest process; all MB: the stage and its forked "
-                 "workers summed (sampled every 0.2 s; shared pages counted in each).")
+    lines.append("slopes: log-log of wall seconds. RSS MB: the largest process (peak); all MB: the stage and its forked "
+                 "workers together (sum of proportional set sizes, sampled every 0.2 s).")
     return "\n".join(lines)
 
 

@@ -165,3 +165,14 @@ def test_parquet_written_in_chunks_holds_the_rows_of_one_write(tmp_path, monkeyp
         assert b["query_id"].tolist() == [r.query_id for r in read_jsonl(chunked.stage_dir("dataset") / f"{s}.jsonl",
                                                                            DistillRecord)]
     assert pq.ParquetFile(chunked.stage_dir("dataset") / "train.parquet").num_row_groups > 1
+
+
+def test_query_with_a_bad_field_names_file_and_line(tmp_path):
+    ctx = make_ctx(tmp_path)
+    write_inputs(ctx, n_users=20, per_user=2)
+    path = ctx.stage_dir("queries") / "queries.jsonl"
+    lines = path.read_text().splitlines()
+    lines[7] = lines[7].replace('"kind":"', '"kind":"x', 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"queries\.jsonl:8: invalid record: kind"):
+        build_distillation_dataset(ctx)
