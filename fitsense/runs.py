@@ -144,16 +144,17 @@ def write_json(path: str | Path, data: Any) -> Path:
     return Path(path)
 
 
-# orjson writes a float the json module writes in exponent form differently (1e-05 as 0.00001, 1e+16 as
-# 1e16, 1.5e-07 as 1.5e-7): a line that may hold one is written by the json module instead, so files stay
-# byte-identical to what it writes. (Substring tests: a regex scan costs more than orjson saves.)
-_ORJSON_FLOAT_MARKS = (b"0.0000", b"e1", b"e2", b"e3", *(b"e-%d" % d for d in range(1, 10)))
+# orjson writes some floats differently from the json module: exponent forms (1e-05 as 0.00001, 1e+16 as
+# 1e16, 1.5e-07 as 1.5e-7) and inf/nan (as null, where the json module writes Infinity/NaN). A line that
+# may hold one is written by the json module instead, so files stay byte-identical to what it writes.
+# (Substring tests: a regex scan costs more than orjson saves; a false alarm only costs speed.)
+_ORJSON_FLOAT_MARKS = (b"0.0000", b"e1", b"e2", b"e3", b"null", *(b"e-%d" % d for d in range(1, 10)))
 
 
 def jsonl_line(rec: Any) -> bytes:
     """One JSON line (keys sorted, compact, UTF-8), byte for byte what ``json.dumps(..., sort_keys=True,
-    ensure_ascii=False, separators=(",", ":"))`` writes. Pydantic records go through orjson (~3.5x faster;
-    their JSON dump has no NaN, which the two write differently), anything else through the json module."""
+    ensure_ascii=False, separators=(",", ":"))`` writes. Pydantic records go through orjson (~3.5x faster),
+    anything else through the json module."""
     data = _to_jsonable(rec)
     if isinstance(rec, BaseModel):
         try:
