@@ -130,6 +130,36 @@ def embedding_near_duplicates(vectors: np.ndarray, threshold: float, seed: int =
     return dropped
 
 
+class StreamingDedup:
+    """``exact`` and ``near`` duplicate checks one example at a time, in order; the decisions are those
+    ``deduplicate`` makes over the whole list (exact first, then near within the kind, greedy in order),
+    without holding the texts: memory is the seen hashes and the MinHash index of the kept examples."""
+
+    def __init__(self, mode: str, *, jaccard: float, num_perm: int, shingle_size: int):
+        if mode not in ("exact", "near"):
+            raise ValueError(f"streaming dedup supports exact and near, not {mode!r}")
+        self.near = mode == "near"
+        self.jaccard, self.num_perm, self.shingle_size = jaccard, num_perm, shingle_size
+        self.seen: set[bytes] = set()
+        self.indexes: dict[str, MinHashIndex] = {}
+        self.dropped: Counter = Counter({"near_duplicate": 0}) if self.near else Counter()
+
+    def keep(self, request: str, answer: str, kind: str) -> bool:
+        key = hashlib.sha256(normalise_text(request + "\n" + answer).encode()).digest()
+        if key in self.seen:
+            self.dropped["exact_duplicate"] += 1
+            return False
+        self.seen.add(key)
+        if self.near:
+            index = self.indexes.get(kind)
+            if index is None:
+                index = self.indexes[kind] = MinHashIndex(self.jaccard, self.num_perm, self.shingle_size)
+            if not index.add(request, answer):
+                self.dropped["near_duplicate"] += 1
+                return False
+        return True
+
+
 def deduplicate(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], mode: str, *, jaccard: float,
                 cosine: float, num_perm: int, shingle_size: int,
                 embed: Embedder | None = None) -> tuple[list[int], Counter]:
@@ -138,6 +168,10 @@ def deduplicate(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], mode: st
     Exact duplicates are always dropped; ``near`` / ``embedding`` also drop near duplicates
     within the same query kind.
     """
+    if mode in ("exact", "near"):
+        stream = StreamingDedup(mode, jaccard=jaccard, num_perm=num_perm, shingle_size=shingle_size)
+        keep = [i for i, ((request, answer), kind) in enumerate(zip(pairs, kinds)) if stream.keep(request, answer, kind)]
+        return keep, stream.dropped
     dropped: Counter = Counter()
     seen: set[str] = set()
     unique: list[int] = []
@@ -148,9 +182,8 @@ def deduplicate(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], mode: st
             continue
         seen.add(key)
         unique.append(i)
-    if mode == "exact":
-        return unique, dropped
-
+    if embed is None:
+        raise ValueError("dataset.dedup=embedding needs an embedder")
     by_kind: dict[str, list[int]] = defaultdict(list)
     for i in unique:
         by_kind[kinds[i]].append(i)
@@ -158,12 +191,7 @@ def deduplicate(pairs: Sequence[tuple[str, str]], kinds: Sequence[str], mode: st
     for idx in by_kind.values():
         if len(idx) < 2:
             continue
-        if mode == "near":
-            local = minhash_near_duplicates([pairs[i] for i in idx], jaccard, num_perm, shingle_size)
-        else:
-            if embed is None:
-                raise ValueError("dataset.dedup=embedding needs an embedder")
-            local = embedding_near_duplicates(embed([normalise_text("\n".join(pairs[i])) for i in idx]), cosine)
+        local = embedding_near_duplicates(embed([normalise_text("\n".join(pairs[i])) for i in idx]), cosine)
         drop.update(idx[j] for j in local)
     dropped[f"{mode}_duplicate"] += len(drop)
     return [i for i in unique if i not in drop], dropped

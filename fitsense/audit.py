@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 from fitsense.catalogue import BY_NAME, usable_exercises
@@ -83,6 +84,7 @@ MIN_SET_SECONDS = WORK_SECONDS_PER_SET + 30  # the shortest set a plan can hold 
 BUDGET_SETS_PER_EXERCISE = 3  # what "the budget allows" assumes per exercise (ACSM: multiple sets, 1-3 novice)
 
 
+@lru_cache(maxsize=None)
 def rep_range(goal: str, exercise_name: str) -> tuple[int, int] | None:
     """The reps the goal calls for on this exercise; None for conditioning (timed work, not reps)."""
     ex = BY_NAME.get(exercise_name)
@@ -91,6 +93,7 @@ def rep_range(goal: str, exercise_name: str) -> tuple[int, int] | None:
     return (GOAL_REP_RANGE if ex.compound else ACCESSORY_REP_RANGE)[goal]
 
 
+@lru_cache(maxsize=None)
 def pattern_group(exercise_name: str) -> str | None:
     ex = BY_NAME.get(exercise_name)
     return next((g for g, pats in PATTERN_GROUPS.items() if ex and ex.pattern in pats), None)
@@ -347,6 +350,7 @@ def _push_pull_balance(answer: CoachAnswer, query: CoachingQuery) -> tuple[bool 
     return ok, f"push {push} : pull {pull} weekly sets (limit {MAX_PUSH_PULL_RATIO}:1 either way)"
 
 
+@lru_cache(maxsize=None)
 def muscle_group(exercise_name: str) -> str | None:
     """The major muscle group an exercise's primary muscle belongs to, if any (conditioning: none)."""
     ex = BY_NAME.get(exercise_name)

@@ -12,6 +12,7 @@ when any of its tags matches one of the user's active injuries or conditions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 EQUIPMENT = (
     "bodyweight",
@@ -143,11 +144,23 @@ def contraindication_tags(injuries: list[str], conditions: list[str]) -> set[str
 
 def exercises_to_avoid(injuries: list[str], conditions: list[str]) -> list[str]:
     """Catalogue names contraindicated by these injuries and conditions, sorted."""
-    tags = contraindication_tags(injuries, conditions)
-    return sorted(e.name for e in CATALOGUE if tags.intersection(e.contraindications))
+    return list(_avoided(frozenset(injuries), frozenset(conditions)))
 
 
 def usable_exercises(equipment: list[str], avoid: list[str]) -> list[Exercise]:
     """Catalogue exercises whose equipment is all available and that are not avoided."""
-    have, banned = set(equipment) | {"bodyweight"}, set(avoid)
-    return [e for e in CATALOGUE if set(e.equipment) <= have and e.name not in banned]
+    return list(_usable(frozenset(equipment), frozenset(avoid)))
+
+
+# Both are asked the same few thousand questions hundreds of thousands of times at scale (every query,
+# every offline answer): answered once each.
+@lru_cache(maxsize=1 << 16)
+def _avoided(injuries: frozenset[str], conditions: frozenset[str]) -> tuple[str, ...]:
+    tags = contraindication_tags(list(injuries), list(conditions))
+    return tuple(sorted(e.name for e in CATALOGUE if tags.intersection(e.contraindications)))
+
+
+@lru_cache(maxsize=1 << 16)
+def _usable(equipment: frozenset[str], avoid: frozenset[str]) -> tuple[Exercise, ...]:
+    have = equipment | {"bodyweight"}
+    return tuple(e for e in CATALOGUE if set(e.equipment) <= have and e.name not in avoid)

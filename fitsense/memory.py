@@ -28,14 +28,16 @@ class RowCost:
     bytes_per_row: int  # peak RSS growth per row
 
 
-# Peak RSS per row at 100k queries and 40k users (bench_data_scale.py: 1.4, 1.5, 3.8, 4.5, 2.4 GB),
-# less BASE_BYTES, rounded up ~15%.
+# Peak memory per row at 300k queries and 120k users (bench_data_scale.py; forked workers included, as the
+# sum of their proportional set sizes), less BASE_BYTES, rounded up ~15%: synthetic 3.8 GB, queries 4.0 GB
+# (parent and two workers), teacher 0.9 GB (flat: it streams 10k queries at a time), dataset 2.5 GB (compact
+# columns and the MinHash index of the kept examples), quality 7.9 GB.
 STAGE_ROW_COSTS: dict[str, RowCost] = {
     "synthetic": RowCost("synthetic.n_users", 40_000),
-    "queries": RowCost("queries.n_queries", 12_000),
-    "teacher": RowCost("queries.n_queries", 38_000),
-    "dataset": RowCost("queries.n_queries", 45_000),
-    "quality": RowCost("queries.n_queries", 21_000),
+    "queries": RowCost("queries.n_queries", 13_000),
+    "teacher": RowCost("queries.n_queries", 1_500),
+    "dataset": RowCost("queries.n_queries", 7_500),
+    "quality": RowCost("queries.n_queries", 28_000),
 }
 
 

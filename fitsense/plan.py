@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import (
@@ -58,8 +59,11 @@ PRESCRIPTION_FORMAT = "<name> <sets>x<reps> RIR<rir> <rest>s"
 
 def _parse_prescription(value: Any) -> Any:
     """``"Push-Up 3x8 RIR2 90s"`` -> field dict; objects pass through to normal validation."""
-    if not isinstance(value, str):
-        return value
+    return _prescription_fields(value) if isinstance(value, str) else value
+
+
+@lru_cache(maxsize=1 << 16)  # a few thousand distinct prescriptions recur across every answer parsed
+def _prescription_fields(value: str) -> dict:
     match = PRESCRIPTION.match(value.strip())
     if match is None:
         raise ValueError(f"exercise {value[:60]!r} is not '{PRESCRIPTION_FORMAT}'")

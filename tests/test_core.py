@@ -213,3 +213,27 @@ def test_fingerprint_changes_only_downstream_of_a_param(tmp_path):
     assert all(fingerprint(base, s) != fingerprint(reseeded, s) for s in STAGE_NAMES)
     with pytest.raises(KeyError, match="unknown stage"):
         get_stage("nope")
+
+
+def test_jsonl_lines_are_byte_for_byte_what_the_json_module_writes():
+    """orjson writes the fast path; exponent-form floats, inf/nan, big integers and plain dicts go the json
+    module's way, so a line never depends on which path wrote it."""
+    import json as std
+
+    from pydantic import BaseModel
+
+    from fitsense.runs import jsonl_line
+
+    class Row(BaseModel):
+        x: float
+        n: int = 0
+        d: dict = {}
+        s: str = ""
+
+    for v in (1e-05, 1e16, 1.5e-7, 1.2345678901234568e17, 0.1 + 0.2, 5e-324, 2.5, -0.0, 1e300, 1e-4, 172.3,
+              float("inf"), float("nan"), -3.5e-9):
+        for row in (Row(x=v), Row(x=v, d={"b": [v, 3], "a": {"z": 1, "y": "é\u2028"}}),
+                    Row(x=v, s="0.00001 e5"), Row(x=1.0, n=2**70), {"x": v, "k": [1, "é"]}):
+            data = row.model_dump(mode="json") if isinstance(row, BaseModel) else row
+            expected = std.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
+            assert jsonl_line(row) == expected.encode(), (v, row)

@@ -140,3 +140,39 @@ def test_splits_load_with_datasets(built):
     assert ds["train"][0]["messages"][2]["role"] == "assistant"
     pq = datasets.load_dataset("parquet", data_files={s: str(out / f"{s}.parquet") for s in SPLITS})
     assert pq["test"]["query_id"] == ds["test"]["query_id"]
+
+
+def test_parquet_written_in_chunks_holds_the_rows_of_one_write(tmp_path, monkeypatch):
+    """Splits written a few rows at a time (several row groups) read back as the same rows as one write."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    import fitsense.data.dataset as stage
+
+    whole = make_ctx(tmp_path / "whole")
+    write_inputs(whole, n_users=40, per_user=3)
+    build_distillation_dataset(whole)
+    chunked = make_ctx(tmp_path / "chunked")
+    write_inputs(chunked, n_users=40, per_user=3)
+    monkeypatch.setattr(stage, "PARQUET_ROWS", 7)
+    build_distillation_dataset(chunked)
+
+    for s in (*SPLITS, stage.CHALLENGE):
+        a = pd.read_parquet(whole.stage_dir("dataset") / f"{s}.parquet")
+        b = pd.read_parquet(chunked.stage_dir("dataset") / f"{s}.parquet")
+        assert len(a) > 7 or s != "train"
+        pd.testing.assert_frame_equal(a, b)
+        assert b["query_id"].tolist() == [r.query_id for r in read_jsonl(chunked.stage_dir("dataset") / f"{s}.jsonl",
+                                                                           DistillRecord)]
+    assert pq.ParquetFile(chunked.stage_dir("dataset") / "train.parquet").num_row_groups > 1
+
+
+def test_query_with_a_bad_field_names_file_and_line(tmp_path):
+    ctx = make_ctx(tmp_path)
+    write_inputs(ctx, n_users=20, per_user=2)
+    path = ctx.stage_dir("queries") / "queries.jsonl"
+    lines = path.read_text().splitlines()
+    lines[7] = lines[7].replace('"kind":"', '"kind":"x', 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"queries\.jsonl:8: invalid record: kind"):
+        build_distillation_dataset(ctx)

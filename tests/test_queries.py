@@ -301,3 +301,21 @@ def test_typos_leave_slots_and_numbers_alone():
         out = with_typo("I can only train {days} days a week now.", rng)
         assert "{days}" in out and out != "I can only train {days} days a week now."
         assert sorted(out) == sorted("I can only train {days} days a week now.")
+
+
+def test_forked_workers_write_the_file_one_process_writes(run, tmp_path, monkeypatch):
+    """Queries built in chunks by three forked workers and stitched: the same bytes and counts as one process."""
+    import shutil
+
+    import fitsense.data.queries as stage
+
+    ctx, _ = run
+    other = _ctx(tmp_path)
+    shutil.copytree(ctx.stage_dir("synthetic"), other.stage_dir("synthetic"), dirs_exist_ok=True)
+    monkeypatch.setattr(stage, "CHUNK", 40)  # 300 queries: 8 chunks over 3 workers, the last one short
+    monkeypatch.setattr(stage, "available_cpus", lambda: 3)
+    result = build_queries(other)
+    assert file_sha256(other.require("queries", "queries.jsonl")) == file_sha256(ctx.require("queries", "queries.jsonl"))
+    assert result["by_kind"] == {k: v for k, v in ctx.manifest("queries")["rows"].items() if k != "queries"}
+    assert result["referral_required"] == ctx.manifest("queries")["referral_required"]
+    assert not list(other.stage_dir("queries").glob("*.part*"))

@@ -29,6 +29,7 @@ from fitsense.data.teacher.limiter import RateLimiter
 from fitsense.data.teacher.offline import answer_query
 from fitsense.data.teacher.requests import CaptureSession
 from fitsense.data.teacher.server import running_server
+from fitsense.errors import InputDataError
 from fitsense.records import TeacherRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 
@@ -326,3 +327,36 @@ def test_offline_provider_captures_every_query_without_a_server(tmp_path, querie
     summary = capture_teacher_responses(ctx)
     assert summary["ok"] == 12 and summary["requests"] == 0
     assert [r.response_text for r in records(ctx)] == [answer_query(q).to_json() for q in queries]
+
+
+def test_offline_chunks_answered_by_forked_workers_give_the_records_of_one_pass(tmp_path, queries, monkeypatch):
+    """Queries captured 5 at a time with the expert's answers from two forked workers: the same records and
+    summary as a single in-process pass; the journal is gone afterwards."""
+    import fitsense.data.teacher.capture as stage
+    from fitsense.runs import read_json
+
+    whole = make_ctx(tmp_path / "whole", queries, None)
+    capture_teacher_responses(whole)
+    chunked = make_ctx(tmp_path / "chunked", queries, None)
+    monkeypatch.setattr(stage, "CHUNK", 5)
+    monkeypatch.setattr(stage, "PARALLEL_FROM", 0)
+    monkeypatch.setattr(stage, "available_cpus", lambda: 2)
+    summary = capture_teacher_responses(chunked)
+    one, many = (ctx.require("teacher", "records.jsonl").read_bytes() for ctx in (whole, chunked))
+    assert many == one
+    expected = read_json(whole.require("teacher", "summary.json"))
+    assert {k: v for k, v in summary.items() if k != "wall_s"} == {k: v for k, v in expected.items() if k != "wall_s"}
+    assert not (chunked.stage_dir("teacher") / ".partial").exists()
+
+
+def test_malformed_query_in_a_later_chunk_is_named_by_file_and_line(tmp_path, queries, monkeypatch):
+    import fitsense.data.teacher.capture as stage
+
+    ctx = make_ctx(tmp_path, queries, None)
+    path = ctx.stage_dir("queries") / "queries.jsonl"
+    lines = path.read_text().splitlines()
+    lines[10] = lines[10].replace('"kind":"', '"kind":"x')  # line 11, in the third chunk of 5
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(stage, "CHUNK", 5)
+    with pytest.raises(InputDataError, match=r"queries\.jsonl:11: invalid query record: kind"):
+        capture_teacher_responses(ctx)

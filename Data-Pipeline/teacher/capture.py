@@ -23,6 +23,11 @@
   journaled (answers and invalid-after-repairs); transient failures
   (retries exhausted, budget) are written to ``records.jsonl`` but retried by
   the next run.
+- Streaming: queries are read, captured and their records written ``CHUNK``
+  at a time (memory holds a chunk, not the run). With the offline expert and
+  at least ``PARALLEL_FROM`` queries, forked workers (one per CPU) answer the
+  next chunk while this one goes through the same capture path (parsing,
+  checks, records, journal) as a remote teacher's answers.
 - Sharding (Airflow dynamic task mapping): ``shard_index``/``num_shards`` take
   queries with ``index % num_shards == shard_index`` and write
   ``records.shard-<i>-of-<n>.jsonl``; ``merge_teacher_shards`` finalises.
@@ -34,29 +39,31 @@ Parts: ``budget`` (the spend cap), ``journal`` (crash-safe progress),
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Iterator
 
 from fitsense.data.teacher.budget import Budget
 from fitsense.data.teacher.cache import ResponseCache
 from fitsense.data.teacher.client import make_teacher
 from fitsense.data.teacher.finalise import (
+    RECORDS,
     STAGE,
-    build_summary,
+    SummaryTotals,
     finalise,
     merge_teacher_shards,
+    record_lines,
     shard_name,
-    write_records,
 )
 from fitsense.data.teacher.journal import Journal, journal_path
 from fitsense.data.teacher.limiter import RateLimiter
-from fitsense.data.teacher.loading import QueryHead, few_collections, read_queries
+from fitsense.data.teacher.loading import QueryHead, few_collections, iter_queries
 from fitsense.data.teacher.requests import CaptureSession, loop_factory, run_capture
 from fitsense.errors import ConfigError
 from fitsense.logs import secret_values
-from fitsense.records import CoachingQuery, TeacherRecord
-from fitsense.runs import RunContext, write_json
+from fitsense.runs import RunContext, atomic_open, available_cpus, write_json
 
 log = logging.getLogger(__name__)
 
@@ -66,59 +73,107 @@ __all__ = ["capture_teacher_responses", "merge_teacher_shards", "RUN_FIELDS"]
 RUN_FIELDS = ("latency_s", "attempts", "cache_hit")
 
 
+CHUNK = 10_000  # queries read, captured and written at a time: memory holds a chunk, not the run
+PARALLEL_FROM = 2 * CHUNK  # the offline expert answers in worker processes (one per CPU) from this many queries
+
+
 def capture_teacher_responses(ctx: RunContext, shard_index: int | None = None, num_shards: int = 1) -> dict:
     """Stage entry (and Airflow shard task): capture teacher records for all queries, or one shard."""
-    with few_collections() as freeze:
-        return _capture(ctx, shard_index, num_shards, freeze)
+    with few_collections():
+        return _capture(ctx, shard_index, num_shards)
 
 
-def _capture(ctx: RunContext, shard_index: int | None, num_shards: int, freeze: bool) -> dict:
+def _chunks(path, shard: tuple[int, int] | None) -> Iterator[list[tuple[QueryHead, str]]]:
+    """The queries (the head capture needs, and the JSON line the offline expert reads), a chunk at a time."""
+    chunk: list = []
+    for i, item in enumerate(iter_queries(path, QueryHead)):
+        if shard is None or i % shard[1] == shard[0]:
+            chunk.append(item)
+            if len(chunk) == CHUNK:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _capture(ctx: RunContext, shard_index: int | None, num_shards: int) -> dict:
     cfg = ctx.params.teacher
     started = time.perf_counter()
     queries_path = ctx.require("queries", "queries.jsonl")
-    queries = read_queries(queries_path, CoachingQuery if cfg.provider == "offline" else QueryHead)
-    if freeze:
-        gc.freeze()  # the queries live until the end: keep them out of every collection
     shard = None
     if shard_index is not None:
         if not 0 <= shard_index < num_shards:
             raise ConfigError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
         shard = (shard_index, num_shards)
-        queries = [q for i, q in enumerate(queries) if i % num_shards == shard_index]
 
     journal = Journal(journal_path(ctx, queries_path, shard))
-    wanted = {q.query_id for q in queries}
-    results: dict[str, TeacherRecord] = {k: v for k, v in journal.done.items() if k in wanted}
-    todo = [q for q in queries if q.query_id not in results]
     secrets = secret_values((cfg.api_key_env,))
     capture = CaptureSession(
-        teacher=make_teacher(cfg, queries),
+        teacher=make_teacher(cfg),
         cfg=cfg,
         cache=ResponseCache(cfg.cache_dir) if cfg.provider != "offline" else None,
         limiter=RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute),
         budget=Budget(cfg.budget.max_usd, cfg.budget.max_requests),
         secrets=secrets,
     )
-    capture.counters.resumed = len(results)
-    if results:
-        log.info("teacher: resuming, %d of %d queries already captured", len(results), len(queries))
+    offline = not capture.teacher.remote
+    workers = available_cpus() if offline else 1
+    pool = None
+    if workers > 1 and not multiprocessing.current_process().daemon and _count_lines(queries_path) >= PARALLEL_FROM:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    stage_dir = ctx.stage_dir(STAGE)
+    out = stage_dir / (shard_name(*shard) if shard is not None else RECORDS)
+    totals = SummaryTotals()
+    resumed = 0
     try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(run_capture(capture, todo, journal, results))
+        with atomic_open(out) as fh, asyncio.Runner(loop_factory=loop_factory()) as runner:
+            try:
+                chunks = _chunks(queries_path, shard)
+                current = _prepare(capture, next(chunks, None), journal, pool) if offline else next(chunks, None)
+                while current is not None:
+                    # offline: the workers answer the next chunk while this one is captured
+                    ahead = _prepare(capture, next(chunks, None), journal, pool) if offline else None
+                    heads = [h for h, _ in current]
+                    results = {h.query_id: journal.done[h.query_id] for h in heads if h.query_id in journal.done}
+                    resumed += len(results)
+                    todo = [h for h in heads if h.query_id not in results]
+                    runner.run(run_capture(capture, todo, journal, results))
+                    records = [results[h.query_id] for h in heads]
+                    fh.write(record_lines(records, journal.lines))
+                    totals.add(records)
+                    capture.verdicts.clear()  # per chunk, so memory stays flat
+                    capture.keys.clear()
+                    if offline:
+                        capture.teacher.release()
+                    current = ahead if offline else next(chunks, None)
+            finally:
+                runner.run(capture.teacher.aclose())
     finally:
         journal.close()
         if capture.cache is not None:
             capture.cache.close()
-
-    records = [results[q.query_id] for q in queries]
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if resumed:
+        log.info("teacher: resumed, %d of %d queries were already captured", resumed, totals.n)
+    capture.counters.resumed = resumed
     counters = capture.counters.__dict__
-    stage_dir = ctx.stage_dir(STAGE)
     if shard is not None:
-        out = stage_dir / shard_name(*shard)
-        write_records(out, records, journal.lines)
-        summary = build_summary(records, counters, time.perf_counter() - started, cfg)
+        summary = totals.summary(counters, time.perf_counter() - started, cfg)
         write_json(stage_dir / f"summary.shard-{shard[0]}-of-{shard[1]}.json", summary)
         journal.path.unlink(missing_ok=True)
         log.info("teacher shard %d/%d: %d ok, %d failed", shard[0], shard[1], summary["ok"], summary["failed"])
         return summary
-    return finalise(ctx, records, counters, time.perf_counter() - started, [journal.path], journal.lines)
+    return finalise(ctx, out, totals, counters, time.perf_counter() - started, [journal.path])
+
+
+def _prepare(capture: CaptureSession, chunk, journal: Journal, pool):
+    """Start the offline expert on a chunk's queries not yet journaled; returns the chunk."""
+    if chunk is not None:
+        capture.teacher.prepare([line for h, line in chunk if h.query_id not in journal.done], pool)
+    return chunk
+
+
+def _count_lines(path) -> int:
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 24), b""))

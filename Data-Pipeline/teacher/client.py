@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from fitsense.config import TeacherConfig
 from fitsense.errors import ConfigError, StageError
@@ -72,19 +74,40 @@ def query_key(messages: list[dict]) -> str:
 
 
 class OfflineTeacher:
-    """The embedded expert; knows the queries it may be asked (indexed by their messages)."""
+    """The embedded expert; knows the queries it may be asked (indexed by their messages).
+
+    Queries given up front are answered when asked. ``prepare`` takes a batch of queries as JSON lines and
+    answers them ahead of being asked, in a process pool's workers when given one (the expert's answers are
+    pure functions of the queries, so any worker gives the same text); the answers are collected in order,
+    a batch at a time, when one of them is first asked for, and ``release`` drops those collected."""
 
     remote = False
 
-    def __init__(self, queries: Iterable[CoachingQuery], model: str = "fitsense-expert-v1"):
+    def __init__(self, queries: Iterable[CoachingQuery] = (), model: str = "fitsense-expert-v1"):
         self.model = model
         self._queries = {query_key(as_dicts(q.messages)): q for q in queries}
         self._answers: dict[str, str] = {}
+        self._pending: deque[Callable[[], list[tuple[str, str]]]] = deque()
+
+    def prepare(self, lines: list[str], pool: Executor | None = None, batch: int = 500) -> None:
+        if not lines:
+            return
+        if pool is None:
+            self._pending.append(lambda: answer_lines(lines))
+            return
+        for start in range(0, len(lines), batch):
+            self._pending.append(pool.submit(answer_lines, lines[start:start + batch]).result)
+
+    def release(self) -> None:
+        """Forget the answers collected so far (batches not yet collected stay)."""
+        self._answers.clear()
 
     def answer_text(self, messages: list[dict]) -> str:
         from fitsense.data.teacher.offline import answer_query
 
         key = query_key(messages)
+        while key not in self._answers and self._pending:
+            self._answers.update(self._pending.popleft()())
         if key not in self._answers:
             query = self._queries.get(key)
             if query is None:
@@ -99,6 +122,17 @@ class OfflineTeacher:
 
     async def aclose(self) -> None:
         return None
+
+
+def answer_lines(lines: list[str]) -> list[tuple[str, str]]:
+    """(query key, the offline expert's answer text) for queries given as JSON lines (a worker's batch)."""
+    from fitsense.data.teacher.offline import answer_query
+
+    out = []
+    for line in lines:
+        query = CoachingQuery.model_validate_json(line)
+        out.append((query_key(as_dicts(query.messages)), answer_query(query).to_json()))
+    return out
 
 
 def _retry_after(headers) -> float | None:
@@ -214,7 +248,7 @@ class OpenAITeacher:
             await self._client.close()
 
 
-def make_teacher(cfg: TeacherConfig, queries: Iterable[CoachingQuery]) -> Teacher:
+def make_teacher(cfg: TeacherConfig, queries: Iterable[CoachingQuery] = ()) -> Teacher:
     if cfg.provider == "offline":
         return OfflineTeacher(queries, model=cfg.model)
     return OpenAITeacher(cfg)

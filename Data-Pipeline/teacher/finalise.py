@@ -34,57 +34,85 @@ def shard_name(shard_index: int, num_shards: int) -> str:
     return f"records.shard-{shard_index}-of-{num_shards}.jsonl"
 
 
+def record_lines(records: list[TeacherRecord], lines: dict[str, str] | None = None) -> str:
+    """Records as JSONL text (pydantic's own serializer: ~3x faster than ``write_jsonl``); ``lines`` holds
+    records already serialized (journaled) by query_id, taken from it as they are written."""
+    lines = lines if lines is not None else {}
+    return "".join([(lines.pop(r.query_id, None) or r.model_dump_json(exclude_none=True)) + "\n" for r in records])
+
+
 def write_records(path: Path, records: list[TeacherRecord], lines: dict[str, str] | None = None) -> None:
-    """Atomically write records as JSONL (pydantic's own serializer: ~3x faster than ``write_jsonl``);
-    ``lines`` holds records already serialized (journaled) by query_id, written as they are."""
-    lines = lines or {}
+    """Atomically write records as JSONL (see ``record_lines``)."""
     with atomic_open(path) as fh:
-        fh.write("".join([(lines.get(r.query_id) or r.model_dump_json(exclude_none=True)) + "\n"
-                          for r in records]))
+        fh.write(record_lines(records, lines))
 
 
 def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 4) if values else None
 
 
+class SummaryTotals:
+    """The summary's figures, added up a batch of records at a time (records need not be held)."""
+
+    def __init__(self) -> None:
+        self.by_kind = {k: {"ok": 0, "failed": 0} for k in QUERY_KINDS}
+        self.reasons: Counter = Counter()
+        self.latencies: list[float] = []
+        self.n = self.referrals = self.repairs = self.prompt = self.completion = self.cached = 0
+        self.cost = 0.0
+
+    def add(self, records: list[TeacherRecord]) -> "SummaryTotals":
+        for r in records:
+            self.by_kind[r.kind][r.status] += 1
+            if r.failure_reason:
+                self.reasons[violation_code(r.failure_reason)] += 1
+            if not r.cache_hit and r.latency_s is not None:
+                self.latencies.append(r.latency_s)
+            self.referrals += r.referral_required
+            self.repairs += r.repairs
+            self.prompt += r.prompt_tokens
+            self.completion += r.completion_tokens
+            self.cost += r.cost_usd
+            self.cached += r.cache_hit
+        self.n += len(records)
+        return self
+
+    def summary(self, counters: dict, wall_s: float, cfg) -> dict:
+        ok = sum(v["ok"] for v in self.by_kind.values())
+        return {
+            "provider": cfg.provider,
+            "teacher_model": cfg.model,
+            "queries": self.n,
+            "ok": ok,
+            "failed": self.n - ok,
+            "by_kind": self.by_kind,
+            "failure_reasons": dict(sorted(self.reasons.items())),
+            "referrals": self.referrals,
+            "repairs": self.repairs,
+            "latency_s": {"p50": _percentile(self.latencies, 50), "p95": _percentile(self.latencies, 95)},
+            "tokens": {"prompt": self.prompt, "completion": self.completion},
+            "cost_usd": round(self.cost, 6),  # what the answers cost, cached ones included
+            "paid_usd": round(counters.get("paid_usd", 0.0), 6),  # what this run paid
+            "requests": counters.get("requests", 0),
+            "retries": counters.get("retries", 0),
+            "cache_hits": counters.get("cache_hits", 0),
+            "cached_records": self.cached,
+            "resumed": counters.get("resumed", 0),
+            "budget_exhausted": self.reasons.get("budget_exhausted", 0),
+            "wall_s": round(wall_s, 3),
+        }
+
+
 def build_summary(records: list[TeacherRecord], counters: dict, wall_s: float, cfg) -> dict:
-    by_kind = {k: {"ok": 0, "failed": 0} for k in QUERY_KINDS}
-    for r in records:
-        by_kind[r.kind][r.status] += 1
-    reasons = Counter(violation_code(r.failure_reason) for r in records if r.failure_reason)
-    latencies = [r.latency_s for r in records if not r.cache_hit and r.latency_s is not None]
-    return {
-        "provider": cfg.provider,
-        "teacher_model": cfg.model,
-        "queries": len(records),
-        "ok": sum(r.status == "ok" for r in records),
-        "failed": sum(r.status == "failed" for r in records),
-        "by_kind": by_kind,
-        "failure_reasons": dict(sorted(reasons.items())),
-        "referrals": sum(r.referral_required for r in records),
-        "repairs": sum(r.repairs for r in records),
-        "latency_s": {"p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95)},
-        "tokens": {"prompt": sum(r.prompt_tokens for r in records),
-                   "completion": sum(r.completion_tokens for r in records)},
-        "cost_usd": round(sum(r.cost_usd for r in records), 6),  # what the answers cost, cached ones included
-        "paid_usd": round(counters.get("paid_usd", 0.0), 6),  # what this run paid
-        "requests": counters.get("requests", 0),
-        "retries": counters.get("retries", 0),
-        "cache_hits": counters.get("cache_hits", 0),
-        "cached_records": sum(r.cache_hit for r in records),
-        "resumed": counters.get("resumed", 0),
-        "budget_exhausted": reasons.get("budget_exhausted", 0),
-        "wall_s": round(wall_s, 3),
-    }
+    return SummaryTotals().add(records).summary(counters, wall_s, cfg)
 
 
-def finalise(ctx: RunContext, records: list[TeacherRecord], counters: dict, wall_s: float,
-              done_files: list[Path], lines: dict[str, str] | None = None) -> dict:
+def finalise(ctx: RunContext, out: Path, totals: SummaryTotals, counters: dict, wall_s: float,
+             done_files: list[Path]) -> dict:
+    """Summary and manifest for the records file ``out`` (already written); the journals are then removed."""
     cfg = ctx.params.teacher
     stage_dir = ctx.stage_dir(STAGE)
-    out = stage_dir / RECORDS
-    write_records(out, records, lines)
-    summary = build_summary(records, counters, wall_s, cfg)
+    summary = totals.summary(counters, wall_s, cfg)
     write_json(stage_dir / SUMMARY, summary)
     for path in done_files:  # records.jsonl now holds them; the next run recaptures from the cache
         path.unlink(missing_ok=True)
@@ -94,7 +122,7 @@ def finalise(ctx: RunContext, records: list[TeacherRecord], counters: dict, wall
              summary["ok"], summary["failed"], summary["failure_reasons"], summary["cache_hits"],
              summary["requests"], summary["paid_usd"], wall_s)
     write_manifest(ctx, STAGE, {"records": out, "summary": stage_dir / SUMMARY},
-                   rows={"records": len(records), "ok": summary["ok"], "failed": summary["failed"]},
+                   rows={"records": totals.n, "ok": summary["ok"], "failed": summary["failed"]},
                    extra={"teacher_model": cfg.model, "provider": cfg.provider})
     return summary
 
@@ -131,4 +159,6 @@ def _merge(ctx: RunContext, num_shards: int) -> dict:
         raise StageError(f"teacher shards miss {len(missing)} queries (first: {missing[:3]}); "
                          f"were they run with the same queries and num_shards={num_shards}?")
     records = [by_id[q.query_id] for q in queries]
-    return finalise(ctx, records, dict(counters), time.perf_counter() - started, [])
+    out = stage_dir / RECORDS
+    write_records(out, records)
+    return finalise(ctx, out, SummaryTotals().add(records), dict(counters), time.perf_counter() - started, [])

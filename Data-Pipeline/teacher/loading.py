@@ -1,4 +1,4 @@
-"""Loading many queries fast, and holding them without the garbage collector re-scanning them."""
+"""Reading many queries fast, and holding a chunk of them without the garbage collector re-scanning them."""
 
 from __future__ import annotations
 
@@ -28,29 +28,29 @@ class QueryHead(BaseModel):
 
 def read_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> list:
     """Like ``read_jsonl(path, model)`` but parsed by pydantic-core straight from the JSON text."""
-    out = []
+    return [q for q, _ in iter_queries(path, model)]
+
+
+def iter_queries(path: Path, model: type[BaseModel] = CoachingQuery) -> Iterator[tuple[BaseModel, str]]:
+    """Each query parsed as ``model``, with its JSON line; a bad line raises ``InputDataError`` naming the
+    file and line number."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    out.append(model.model_validate_json(line))
+                    yield model.model_validate_json(line), line
                 except ValueError as exc:
                     raise InputDataError(f"{path}:{lineno}: invalid query record: {describe_invalid(exc)}") from None
-    return out
 
 
 @contextlib.contextmanager
-def few_collections() -> Iterator[bool]:
-    """Garbage collection tuned for holding ~10^5 long-lived objects (queries, records): with the default
-    gen-0 threshold (700) the collector re-scanned them so often that it took about half the CPU of a
-    fully cached rerun. Collections run 50x less often, and the loaded queries are frozen (never scanned)
-    unless the process already froze objects for its own reasons (forking servers do); undone on exit."""
+def few_collections() -> Iterator[None]:
+    """Garbage collection tuned for holding ~10^4-10^5 live objects (a chunk of queries and records): with
+    the default gen-0 threshold (700) the collector re-scanned them so often that it took about half the CPU
+    of a fully cached rerun. Collections run 50x less often; undone on exit."""
     threshold = gc.get_threshold()
-    freeze = gc.get_freeze_count() == 0
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
-        yield freeze
+        yield
     finally:
         gc.set_threshold(*threshold)
-        if freeze:
-            gc.unfreeze()

@@ -298,15 +298,22 @@ def _top_up_volume(days: list[PlanDay], added: set[str], query: CoachingQuery, c
     have = audit.weekly_hard_sets(CoachAnswer(plan_name="-", days=days))
     sides = (audit.PUSH_PATTERNS, audit.PULL_PATTERNS)
     push_pull = [sum(e.sets for d in days for e in d.exercises if BY_NAME[e.name].pattern in p) for p in sides]
+    budget = c.session_minutes * 60
     for group in audit.trainable_groups(c):
         for day in days:
+            if have[group] >= low:
+                break
+            seconds = _seconds(day.exercises)  # kept up to date below: a set more adds its work and rest
             for i, e in enumerate(day.exercises):
-                fits = _seconds(day.exercises) + WORK_SECONDS_PER_SET + e.rest_s <= c.session_minutes * 60
+                if not (have[group] < low and audit.muscle_group(e.name) == group
+                        and e.rir <= audit.HARD_SET_MAX_RIR and e.sets < MAX_SETS):
+                    continue
+                fits = seconds + WORK_SECONDS_PER_SET + e.rest_s <= budget
                 side = next((k for k, p in enumerate(sides) if BY_NAME[e.name].pattern in p), None)
                 balanced = side is None or push_pull[side] + 1 <= audit.MAX_PUSH_PULL_RATIO * push_pull[1 - side]
-                if (have[group] < low and audit.muscle_group(e.name) == group and e.rir <= audit.HARD_SET_MAX_RIR
-                        and e.sets < MAX_SETS and fits and balanced):
+                if fits and balanced:
                     day.exercises[i] = e.model_copy(update={"sets": e.sets + 1})
+                    seconds += WORK_SECONDS_PER_SET + e.rest_s
                     have[group] += 1
                     if side is not None:
                         push_pull[side] += 1

@@ -256,10 +256,7 @@ async def run_capture(capture: CaptureSession, todo: list[CoachingQuery], journa
                     journal.write(rec)
                 progress.advance(task)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(workers)))
-        finally:
-            await capture.teacher.aclose()
+        await asyncio.gather(*(worker() for _ in range(workers)))  # the caller closes the teacher after its last chunk
 
 
 def loop_factory():
