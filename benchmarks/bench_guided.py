@@ -31,31 +31,17 @@ def main() -> None:
 
     from fitsense.config import load_params
     from fitsense.constraints import check_answer
-    from fitsense.evaluation.evaluate import select_examples, student_requests
-    from fitsense.evaluation.inference import CoachInference
-    from fitsense.records import DistillRecord
-    from fitsense.runs import RunContext, locate_artifact, read_json, read_jsonl
-    from fitsense.training.screen import load_screen
-    from fitsense.training.student import load_student, resolve_base_model
+    from fitsense.evaluation.evaluate import student_requests
+    from run_student import load_run_student
 
     params = load_params(args.params, dict(o.split("=", 1) for o in args.overrides))
-    ctx = RunContext.create(params, args.run_id)
-    test = read_jsonl(ctx.require("dataset", "test.jsonl"), DistillRecord)
-    examples = select_examples(test, args.examples, params.seed)
-    training = ctx.run_dir / "training"
-    student = read_json(training / "student.json") if (training / "student.json").exists() else {}
-    adapter = locate_artifact(student.get("adapter_dir"), training) if student else None
-    screen_dir = locate_artifact(student.get("screen_dir"), training) if student.get("screen_dir") else None
-    model, tokenizer = load_student(resolve_base_model(params.training), adapter, device=params.training.device,
-                                    precision=params.evaluation.precision)
-    if adapter is not None:
-        model = model.merge_and_unload()
-    engine = CoachInference(model, tokenizer, load_screen(screen_dir))
+    run = load_run_student(params, args.run_id, args.examples)
+    engine, examples, model = run.engine, run.examples, run.engine.model
     requests = student_requests(examples)
     max_new = args.max_new_tokens or params.evaluation.max_new_tokens
     batch = len(requests)
     print(f"{len(requests)} queries, batch {batch}, max_new_tokens {max_new}, "
-          f"model {'trained adapter (merged)' if adapter else 'base, no adapter'}, dtype {model.dtype}")
+          f"model {'trained adapter (merged)' if run.trained else 'base, no adapter'}, dtype {model.dtype}")
 
     started = time.perf_counter()
     for request, refer in zip(requests, engine.screen.refer([r.messages[-1]["content"] for r in requests])):
