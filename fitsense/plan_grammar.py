@@ -39,8 +39,9 @@ from fitsense.records import QueryConstraints
 # Plain-text fields: letters, digits and light punctuation only, so no markup, JSON or code fits.
 _TEXT = r"A-Za-z0-9 ,.;:'()+/%\-"
 PLAN_NAME_PATTERN = r"^[A-Z0-9][A-Za-z0-9 /:\-]{2,59}$"
-# Notes and reason are unbounded in the grammar (xgrammar cannot compile a bounded repeat this long in
-# reasonable time); the plan schema's own length limit still applies when the answer is parsed.
+# Notes and reason are unbounded in the grammar: xgrammar 0.2.8 compiles a bounded repeat such as {0,599}
+# on its own but fails a grammar check with it inside the plan schema. The plan schema's own length limit
+# still applies when the answer is parsed.
 NOTES_PATTERN = rf"^([A-Z+][{_TEXT}]*)?$"
 REASON_PATTERN = rf"^['A-Z][{_TEXT}]+$"
 FLAG_PATTERN = r"^[a-z][a-z0-9_:]{2,39}$"
