@@ -231,7 +231,7 @@ def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[G
         refs = [reference_of[(split_of(ex), ex.query_id)] for ex in answered]
         tables[role] = answer_frame(_rows_for(role, answered, texts[role], refs, timings, costs, plans))
         if role == GUIDED_ROLE:
-            tables[role]["regenerated"] = [bool(getattr(g, "regenerated", False)) for g in gens]
+            tables[role]["regenerated"] = [g.regenerated for g in gens]
     recs = [teacher_records.get(ex.query_id) for ex in examples]
     timings = [(r.latency_s, r.completion_tokens) if r else (None, 0) for r in recs]
     costs = [teacher_cost(r, tcfg.price_per_1k_input, tcfg.price_per_1k_output) if r else 0.0 for r in recs]

@@ -47,8 +47,9 @@ def max_rest_for(sets: int, seconds: float) -> int:
     return int(seconds // sets) - WORK_SECONDS_PER_SET
 
 
-def estimated_session_minutes(day) -> float:
-    return session_seconds((ex.sets, ex.rest_s) for ex in day.exercises) / 60.0
+def exercises_seconds(exercises) -> int:
+    """Estimated length of a day's exercises (``PlannedExercise`` objects)."""
+    return session_seconds((ex.sets, ex.rest_s) for ex in exercises)
 
 
 def check_answer(answer: CoachAnswer, constraints: QueryConstraints) -> list[str]:
@@ -74,7 +75,7 @@ def check_answer(answer: CoachAnswer, constraints: QueryConstraints) -> list[str
             violations.append(
                 f"too_many_exercises: day {day.day} has {len(day.exercises)}, limit {c.max_exercises_per_day}"
             )
-        seconds = session_seconds((ex.sets, ex.rest_s) for ex in day.exercises)
+        seconds = exercises_seconds(day.exercises)
         if seconds > session_limit_seconds(c.session_minutes):
             minutes = seconds / 60
             violations.append(f"session_too_long: day {day.day} takes ~{minutes:.0f} min, limit {c.session_minutes}")

@@ -148,10 +148,10 @@ def _exercises_schema(constraints: QueryConstraints, max_exercises: int, bound_s
         try:
             item = _string(prescription_pattern(constraints, limit / k))
         except NoSafeExerciseError:
+            if k == 1:
+                raise  # nothing usable, or no exercise fits the whole session
             break  # more exercises only leave each one less time
         options.append({"type": "array", "items": item, "minItems": k, "maxItems": k})
-    if not options:
-        raise NoSafeExerciseError(f"no exercise fits a {constraints.session_minutes}-minute session")
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 

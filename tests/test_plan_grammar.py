@@ -95,6 +95,8 @@ def test_no_usable_exercise_is_a_clear_error():
     everything = [e.name for e in __import__("fitsense.catalogue", fromlist=["CATALOGUE"]).CATALOGUE]
     with pytest.raises(NoSafeExerciseError, match="no safe exercise for this equipment and avoid list"):
         constrained_plan_schema(constraints(avoid_exercises=everything))
+    with pytest.raises(NoSafeExerciseError, match="no safe exercise for this equipment and avoid list"):
+        constrained_plan_schema(constraints(avoid_exercises=everything), bound_session=True)
     # A referral needs no exercise.
     assert constrained_plan_schema(constraints(avoid_exercises=everything), referral=True)["properties"]["days"]
 

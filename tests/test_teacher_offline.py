@@ -9,7 +9,7 @@ from teacher_factories import CURRENT_PLAN, make_query
 
 from fitsense.catalogue import BY_NAME
 from fitsense.config import load_params
-from fitsense.constraints import check_answer, estimated_session_minutes
+from fitsense.constraints import check_answer, exercises_seconds
 from fitsense.data.queries import build_queries
 from fitsense.data.synthetic import generate_synthetic_data
 from fitsense.data.teacher.client import (
@@ -40,7 +40,7 @@ def test_plan_creation_honours_constraints(goal, days):
     assert all(e.rir >= 3 for d in answer.days for e in d.exercises)  # hypertension floor
     for day in answer.days:
         assert len(day.exercises) <= q.constraints.max_exercises_per_day
-        assert estimated_session_minutes(day) <= 45
+        assert exercises_seconds(day.exercises) <= 45 * 60
 
 
 def test_dose_follows_the_goal():
@@ -74,7 +74,7 @@ def test_modification_to_shorter_sessions_and_fewer_days():
     shorter = make_query("plan_modification", minutes=20, modification="My sessions must fit in 20 minutes.")
     answer = answer_query(shorter)
     assert check_answer(answer, shorter.constraints) == []
-    assert all(estimated_session_minutes(d) <= 20 for d in answer.days)
+    assert all(exercises_seconds(d.exercises) <= 20 * 60 for d in answer.days)
     fewer = make_query("plan_modification", days=2, modification="I can only train 2 days a week now.")
     answer = answer_query(fewer)
     assert len(answer.days) == 2 and check_answer(answer, fewer.constraints) == []

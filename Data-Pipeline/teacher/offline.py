@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from fitsense import audit
 from fitsense.catalogue import BY_NAME, CATALOGUE, CONDITIONS, usable_exercises
-from fitsense.constraints import WORK_SECONDS_PER_SET, session_seconds
+from fitsense.constraints import WORK_SECONDS_PER_SET, exercises_seconds
 from fitsense.data import planning
 from fitsense.errors import InputDataError
 from fitsense.plan import CoachAnswer, PlanDay, PlannedExercise, SafetyBlock
@@ -102,10 +102,6 @@ def _fresh_plan(query: CoachingQuery, days: int | None = None) -> CoachAnswer:
     )
     answer = CoachAnswer.model_validate(planning.plan_to_answer(name, built))
     return _conform(answer, query)[0]
-
-
-def _seconds(exercises: list[PlannedExercise]) -> int:
-    return session_seconds((e.sets, e.rest_s) for e in exercises)
 
 
 def _substitute(name: str, usable: dict[str, object], taken: set[str], same_pattern: bool = False) -> str | None:
@@ -254,7 +250,7 @@ def _conform(answer: CoachAnswer, query: CoachingQuery,
         # nothing to spare on the heavy side: a set more on the light side, where the session has time
         light = audit.PULL_PATTERNS if heavy == audit.PUSH_PATTERNS else audit.PUSH_PATTERNS
         room = [(i, j) for i, d in enumerate(days) for j, e in enumerate(d) if BY_NAME[e.name].pattern in light
-                and e.sets < MAX_SETS and _seconds(d) + WORK_SECONDS_PER_SET + e.rest_s <= c.session_minutes * 60]
+                and e.sets < MAX_SETS and exercises_seconds(d) + WORK_SECONDS_PER_SET + e.rest_s <= c.session_minutes * 60]
         if not room:
             break
         i, j = room[0]
@@ -269,7 +265,7 @@ def _conform(answer: CoachAnswer, query: CoachingQuery,
             pop(day.day, exercises, f"to fit {c.max_exercises_per_day} exercises a session")
         budget = c.session_minutes * 60
         # Fit the session: shorten rests, then drop sets, then drop exercises.
-        while exercises and _seconds(exercises) > budget:
+        while exercises and exercises_seconds(exercises) > budget:
             changes.trimmed = True
             if max(e.rest_s for e in exercises) > MIN_REST_S:
                 exercises = [e.model_copy(update={"rest_s": max(MIN_REST_S, e.rest_s - 15)}) for e in exercises]
@@ -303,7 +299,7 @@ def _top_up_volume(days: list[PlanDay], added: set[str], query: CoachingQuery, c
         for day in days:
             if have[group] >= low:
                 break
-            seconds = _seconds(day.exercises)  # kept up to date below: a set more adds its work and rest
+            seconds = exercises_seconds(day.exercises)  # kept up to date below: a set more adds its work and rest
             for i, e in enumerate(day.exercises):
                 if not (have[group] < low and audit.muscle_group(e.name) == group
                         and e.rir <= audit.HARD_SET_MAX_RIR and e.sets < MAX_SETS):
