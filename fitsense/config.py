@@ -189,6 +189,7 @@ class TrainingConfig(_Section):
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=2, ge=1)
     grad_accum: int = Field(default=1, ge=1)
+    group_by_length: bool = True  # batches of similar length (transformers' LengthGroupedSampler): less padding
     max_length: int = Field(default=1536, ge=32)  # longer examples are dropped, not truncated
     max_train_examples: int | None = Field(default=None, ge=1)
     eval_steps: int = Field(default=30, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)

@@ -157,6 +157,33 @@ def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
         assert "<|im_start|>user" not in target
 
 
+
+def test_group_by_length_batches_examples_of_similar_length(tmp_path, tiny_model_dir):
+    """With training.group_by_length the train batches pad less than random ones, over the same examples."""
+    from fitsense.training.data import to_prompt_completion
+    from fitsense.training.hardware import load_base_for_training
+    from fitsense.training.student import load_tokenizer
+    from fitsense.training.trainer import build_trainer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    records = make_records(40, seed=3)
+    for i, rec in enumerate(records):  # lengths spread far apart, so random pairs pad a lot
+        rec.messages[-2].content += " more detail" * (i % 10) * 20
+    rows = to_prompt_completion(records, "mem")
+
+    def padding_share(grouped: bool) -> float:
+        params = _params(tmp_path, tiny_model_dir, training__group_by_length=grouped)
+        trainer = build_trainer(params, load_base_for_training(tiny_model_dir, "cpu", "none"), tokenizer, rows, [],
+                                tmp_path / f"ckpt-{grouped}", "cpu")
+        assert trainer.args.train_sampling_strategy == ("group_by_length" if grouped else "random")
+        padded = real = 0
+        for batch in trainer.get_train_dataloader():
+            padded += batch["attention_mask"].numel()
+            real += int(batch["attention_mask"].sum())
+        return 1 - real / padded
+
+    assert padding_share(True) < padding_share(False) / 2
+
 # --------------------------------------------------------------------------- a full tiny run
 
 

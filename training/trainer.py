@@ -54,6 +54,7 @@ def sft_config(params: Params, output_dir: Path, device: str, has_val: bool):
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         max_length=cfg.max_length,
         packing=False,
         completion_only_loss=True,  # labels of prompt tokens are -100
