@@ -5,7 +5,10 @@ when the run has no training output), takes ``--examples`` test queries and
 answers them twice with ``CoachInference.answer``: ``raw`` and ``guided`` (the
 safety screen and the per-request grammar; grammars are compiled before the
 timed pass, as a server does at start-up, and their compile time is printed
-separately). Prints tokens/s, validity and adherence of each and the ratio:
+separately). Prints tokens/s, validity and adherence of each and the ratio. A
+third pass answers guided again from the raw replies (``answer(..., raw=...)``,
+what evaluation does): it prints its wall time beside the guided pass and how
+many of its answers are identical to the guided ones:
 
     python benchmarks/bench_guided.py --run-id default --examples 7
 """
@@ -49,12 +52,14 @@ def main() -> None:
     print(f"grammar compile (not timed below): {len(engine.grammars.grammars)} grammars in "
           f"{time.perf_counter() - started:.2f} s")
     engine.answer(requests[:1], decoding="raw", max_new_tokens=2, batch_size=1)  # warm-up
-    figures = {}
-    for decoding in ("raw", "guided"):
+    figures, walls, answers = {}, {}, {}
+    for decoding in ("raw", "guided", "guided, continuing raw"):
         started = time.perf_counter()
-        replies = engine.answer(requests, decoding=decoding, max_new_tokens=max_new, batch_size=batch,
-                                seed=params.seed)
-        wall = time.perf_counter() - started
+        replies = engine.answer(requests, decoding=decoding.split(",")[0], max_new_tokens=max_new,
+                                batch_size=batch, seed=params.seed,
+                                raw=answers["raw"] if decoding.endswith("raw") else None)
+        walls[decoding] = wall = time.perf_counter() - started
+        answers[decoding] = replies
         tokens = sum(r.completion_tokens for r in replies)
         valid = sum(r.answer is not None for r in replies)
         adherent = sum(r.answer is not None and not check_answer(r.answer, ex.constraints)
@@ -63,6 +68,12 @@ def main() -> None:
         print(f"{decoding:>6}: {tokens:5d} tokens in {wall:6.1f} s = {tokens / wall:6.1f} tokens/s; "
               f"valid {valid}/{len(replies)}, adherent {adherent}/{len(replies)}")
     print(f"guided / raw tokens/s: {figures['guided'] / figures['raw']:.2f}x (target >= 0.80x)")
+    continued = answers["guided, continuing raw"]
+    same = sum(a.text == b.text for a, b in zip(continued, answers["guided"]))
+    shared = sum(r.shared_tokens for r in continued) / max(sum(r.completion_tokens for r in continued), 1)
+    print(f"guided continuing raw: {walls['guided, continuing raw']:.1f} s vs {walls['guided']:.1f} s from scratch "
+          f"({walls['guided, continuing raw'] / walls['guided']:.2f}x); {same}/{len(continued)} answers identical; "
+          f"{shared:.0%} of its tokens taken over from raw")
 
 
 if __name__ == "__main__":

@@ -155,7 +155,10 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
     if cfg.guided:
         for request in requests[:1]:  # compile outside the timed batches (what a server does at start-up)
             engine.grammars.get(request.constraints, False)
-        out[GUIDED_ROLE] = engine.answer(requests, decoding="guided", label="guided student", **kwargs)
+        # Each guided answer starts from what its raw answer wrote while the grammar accepted it (the same greedy
+        # tokens), so only the rest is generated.
+        out[GUIDED_ROLE] = engine.answer(requests, decoding="guided", label="guided student", raw=out["student"],
+                                         **kwargs)
         log.info("guided decoding: %d grammars compiled in %.1f s", len(engine.grammars.grammars),
                  engine.grammars.compile_s)
     del model, engine
@@ -232,6 +235,7 @@ def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[G
         tables[role] = answer_frame(_rows_for(role, answered, texts[role], refs, timings, costs, plans))
         if role == GUIDED_ROLE:
             tables[role]["regenerated"] = [g.regenerated for g in gens]
+            tables[role]["shared_tokens"] = [g.shared_tokens for g in gens]
     recs = [teacher_records.get(ex.query_id) for ex in examples]
     timings = [(r.latency_s, r.completion_tokens) if r else (None, 0) for r in recs]
     costs = [teacher_cost(r, tcfg.price_per_1k_input, tcfg.price_per_1k_output) if r else 0.0 for r in recs]

@@ -11,7 +11,10 @@ serving all answer coaching requests through ``CoachInference.answer``:
 3. generation (``fitsense.evaluation.generate.generate_answers``): the chat
    template, batched greedy decoding, one grammar per row when guided;
 4. the answer is parsed against the plan schema and checked against the constraints;
-5. guided only: an answer whose session ran long (a sum the plain grammar cannot bound) is
+5. guided only: given the raw replies to the same requests (``answer(..., raw=...)``), each
+   guided answer keeps the longest start of its raw answer that its grammar accepts, since greedy
+   decoding under the grammar writes exactly those tokens too, and generates only the rest;
+6. guided only: an answer whose session ran long (a sum the plain grammar cannot bound) is
    generated once more under the session-bounded grammar (``bound_session=True``), which
    cannot run long; ``CoachReply.regenerated`` marks it.
 
@@ -33,7 +36,7 @@ from pydantic import ValidationError
 
 from fitsense.constraints import check_answer, violation_code
 from fitsense.errors import UserError
-from fitsense.evaluation.generate import generate_answers, prompt_messages
+from fitsense.evaluation.generate import Generation, generate_answers, prompt_messages, stop_token_ids
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.plan_grammar import NoSafeExerciseError, constrained_plan_schema, grammar_key
 from fitsense.records import QueryConstraints
@@ -86,9 +89,12 @@ class CoachReply:
     completion_tokens: int = 0
     latency_s: float = 0.0
     regenerated: bool = False  # guided: the first answer's session ran long; this one is session-bounded
+    shared_tokens: int = 0  # guided with raw replies given: the leading tokens taken from the raw answer
+    token_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out.pop("token_ids")
         out["answer"] = self.answer.model_dump(mode="json", exclude_none=True) if self.answer else None
         return out
 
@@ -131,9 +137,14 @@ class CoachInference:
         return self._grammars
 
     def answer(self, requests: list[CoachRequest], *, decoding: Decoding = "guided", max_new_tokens: int = 768,
-               batch_size: int = 8, seed: int = 0, label: str | None = None) -> list[CoachReply]:
+               batch_size: int = 8, seed: int = 0, label: str | None = None,
+               raw: list[CoachReply] | None = None) -> list[CoachReply]:
+        """Answer each request. ``raw``: guided only, this engine's raw replies to the same requests, whose
+        grammar-accepted starts the guided answers reuse (the same answers, fewer tokens generated)."""
         if decoding not in DECODINGS:
             raise RequestError(f"decoding: {decoding!r} is not one of {', '.join(DECODINGS)}")
+        if raw is not None and (decoding != "guided" or len(raw) != len(requests)):
+            raise ValueError("raw replies are reused by guided decoding, one per request")
         verdicts = self.screen.screen([user_text(prompt_messages(r.messages)) for r in requests])
         replies = [CoachReply(text=None, decoding=decoding, screen_refer=v.refer, screen_rules=v.rules)
                    for v in verdicts]
@@ -151,14 +162,49 @@ class CoachInference:
                     continue
             todo.append(i)
         generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
-        generations = generate_answers(
-            self.model, self.tokenizer, [requests[i].messages for i in todo], label=label or decoding,
-            grammars=grammars if decoding == "guided" else None, **generate) if todo else []
-        for i, gen in zip(todo, generations):
-            _fill(replies[i], gen, requests[i].constraints)
+        if raw is not None:
+            self._continue_raw(requests, replies, todo, grammars, raw, label=label or decoding, **generate)
+        else:
+            generations = generate_answers(
+                self.model, self.tokenizer, [requests[i].messages for i in todo], label=label or decoding,
+                grammars=grammars if decoding == "guided" else None, **generate) if todo else []
+            for i, gen in zip(todo, generations):
+                _fill(replies[i], gen, requests[i].constraints)
         if decoding == "guided":
             self._regenerate_long_sessions(requests, replies, todo, label=label or decoding, **generate)
         return replies
+
+    def _continue_raw(self, requests, replies, todo, grammars, raw, *, label, max_new_tokens, **generate) -> None:
+        """Guided answers that start as their raw answers do, for as long as the grammar accepts the raw tokens.
+
+        A raw answer the grammar accepts whole (or up to the token budget) is the guided answer; the
+        others are continued under the grammar from the last accepted token. The reused part's latency
+        is its share of the raw answer's.
+        """
+        stops = stop_token_ids(self.model, self.tokenizer)
+        rest = []  # (raw tokens left after the shared start, request index, shared start, grammar)
+        for i, grammar in zip(todo, grammars):
+            tokens = raw[i].token_ids
+            head, complete = accepted_prefix(grammar, tokens, stops)
+            replies[i].shared_tokens = len(head)
+            if complete or len(head) >= max_new_tokens:
+                ends = complete and len(head) < len(tokens) and tokens[len(head)] in stops
+                ids = head + [tokens[len(head)]] if ends else head
+                _fill(replies[i], Generation(text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                                             prompt_tokens=raw[i].prompt_tokens, completion_tokens=len(ids),
+                                             latency_s=0.0, token_ids=list(ids)), requests[i].constraints)
+            else:
+                rest.append((len(tokens) - len(head), i, head, grammar))
+        log.info("%s: %d of %d answers are their raw answers; %d continue after %d shared tokens", label,
+                 len(todo) - len(rest), len(todo), len(rest), sum(len(r[2]) for r in rest))
+        rest.sort(key=lambda r: r[0])  # continuations of similar length share a batch
+        generations = generate_answers(self.model, self.tokenizer, [requests[i].messages for _, i, _, _ in rest],
+                                       label=label, grammars=[r[3] for r in rest], prefixes=[r[2] for r in rest],
+                                       max_new_tokens=max_new_tokens, **generate) if rest else []
+        for (_, i, _, _), gen in zip(rest, generations):
+            _fill(replies[i], gen, requests[i].constraints)
+        for i in todo:
+            replies[i].latency_s += raw[i].latency_s * replies[i].shared_tokens / max(len(raw[i].token_ids), 1)
 
     def _regenerate_long_sessions(self, requests, replies, todo, *, label, **generate) -> None:
         """Answer again, under the session-bounded grammar, the guided answers whose session ran long."""
@@ -185,9 +231,23 @@ class CoachInference:
             replies[i] = reply
 
 
+def accepted_prefix(grammar, tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """The longest start of ``tokens`` that ``grammar`` accepts, and whether it is a whole answer of the grammar
+    (then guided greedy decoding would write exactly these tokens and stop)."""
+    import xgrammar as xgr
+
+    matcher = xgr.GrammarMatcher(grammar)
+    head: list[int] = []
+    for token in tokens:
+        if token in stops or not matcher.accept_token(token):
+            break
+        head.append(token)
+    return head, matcher.is_completed()
+
+
 def _fill(reply: CoachReply, gen, constraints: QueryConstraints | None) -> None:
     """Record a generation on its reply: text, token counts, the parsed answer and its violations."""
-    reply.text, reply.prompt_tokens = gen.text, gen.prompt_tokens
+    reply.text, reply.prompt_tokens, reply.token_ids = gen.text, gen.prompt_tokens, list(gen.token_ids)
     reply.completion_tokens, reply.latency_s = gen.completion_tokens, gen.latency_s
     try:
         reply.answer = parse_coach_answer(gen.text)

@@ -175,6 +175,9 @@ def summarise(frame: pd.DataFrame) -> dict:
         "usd_per_1k_answers": float(frame["cost_usd"].mean()) * 1000,
         # Guided: answers written again under the session-bounded grammar (their first session ran long).
         "regenerated_share": float(frame["regenerated"].mean()) if "regenerated" in frame else None,
+        # Guided: share of its tokens taken over from the raw answer (the grammar accepted them as written).
+        "shared_with_raw_share": float(frame["shared_tokens"].sum()) / max(tokens, 1) if "shared_tokens" in frame
+        else None,
         # Share of answers with at least one violation of each kind (parseable answers only can violate).
         "violation_rates": {code: float(counts.get(code, 0)) / n for code in VIOLATION_CODES},
         "rates": rate_intervals(frame),  # k, n and 95% Wilson interval of each rate above

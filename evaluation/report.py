@@ -23,6 +23,7 @@ COMPARISON_ROWS: tuple[tuple[str, str, str], ...] = (
     ("completion_tokens_mean", "Tokens per answer", "num"),
     ("usd_per_1k_answers", "Cost per 1,000 answers (USD)", "usd"),
     ("regenerated_share", "Answered again, session-bounded (guided)", "pct"),
+    ("shared_with_raw_share", "Tokens taken over from the raw answer (guided)", "pct"),
 )
 
 

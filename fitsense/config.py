@@ -189,7 +189,7 @@ class TrainingConfig(_Section):
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=2, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    group_by_length: bool = True  # batches of similar length (transformers' LengthGroupedSampler): less padding
+    group_by_length: bool = False  # batches of similar length (transformers' LengthGroupedSampler): less padding
     max_length: int = Field(default=1536, ge=32)  # longer examples are dropped, not truncated
     max_train_examples: int | None = Field(default=None, ge=1)
     eval_steps: int = Field(default=30, ge=1)  # also the checkpoint interval (best checkpoint restored at the end)
@@ -221,7 +221,7 @@ class EvaluationConfig(_Section):
     max_examples: int | None = Field(default=48, ge=1)  # of the test split; None = all
     challenge: bool = True  # also score the unseen-phrasing challenge split (dataset/challenge.jsonl)
     max_challenge_examples: int | None = Field(default=48, ge=1)  # of the challenge split; None = all
-    base_max_examples: int | None = Field(default=8, ge=1)  # the base student's kind-balanced subset per split
+    base_max_examples: int | None = Field(default=6, ge=1)  # the base student's kind-balanced subset per split
     max_new_tokens: int = Field(default=768, ge=8)  # teacher answers: median ~340, max ~740 tokens
     batch_size: int = Field(default=12, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # as training.precision; bf16 generates ~1.7x faster

@@ -18,6 +18,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from fitsense.config import Params
+from fitsense.data.prompts import SYSTEM_PROMPT
 from fitsense.errors import LineageError, StageError
 from fitsense.registry.model_card import model_card
 from fitsense.runs import (
@@ -259,6 +260,7 @@ def register_student(ctx: RunContext) -> dict:
                 "base_model": student.get("base_model") or params.training.base_model,
                 "base_model_path": str(Path(student["base_model_path"]).resolve()) if student.get("base_model_path")
                 else None,
+                "system_prompt": student.get("system_prompt") or SYSTEM_PROMPT,
                 "max_new_tokens": params.evaluation.max_new_tokens,
                 "batch_size": params.evaluation.batch_size,
             },

@@ -104,6 +104,43 @@ def test_a_guided_answer_whose_session_runs_long_is_answered_again_under_the_ses
     assert not raw.regenerated and any(v.startswith("session_too_long") for v in raw.violations)
 
 
+def test_guided_answers_continue_the_start_of_the_raw_answers_that_their_grammar_accepts(engine):
+    """Given raw replies, guided decoding reuses each one's grammar-accepted start: the answers are the ones
+    guided decoding writes from scratch, and only the rest is generated."""
+    from fitsense.evaluation.inference import CoachReply
+
+    requests = [CoachRequest([SYSTEM, {"role": "user", "content": text}], _constraints())
+                for text in ("A one-day plan.", "One day, bodyweight only.", "Keep it short.")]
+    scratch = engine.answer(requests, decoding="guided", max_new_tokens=40, batch_size=3)
+    astray = engine.tokenizer("<html>", add_special_tokens=False)["input_ids"]  # no grammar admits markup
+    cut = [0, 12, len(scratch[2].token_ids)]  # diverges at once, after 12 tokens, never (then the budget ends)
+    raw = [CoachReply(text="", decoding="raw", token_ids=reply.token_ids[:k] + astray, latency_s=2.0)
+           for reply, k in zip(scratch, cut)]
+    reused = engine.answer(requests, decoding="guided", max_new_tokens=40, batch_size=3, raw=raw)
+    assert [r.text for r in reused] == [r.text for r in scratch]
+    assert [r.shared_tokens for r in reused] == cut
+    assert reused[2].completion_tokens == 40 and reused[2].latency_s == pytest.approx(2.0 * 40 / (40 + len(astray)))
+
+
+def test_a_raw_answer_its_grammar_accepts_whole_is_the_guided_answer(engine):
+    from fitsense.evaluation.inference import CoachReply, accepted_prefix
+
+    answer = json.dumps({"plan_name": "1-Day Full Body", "days": [{"day": 1, "name": "Full Body A",
+                         "exercises": ["Plank 3x30 RIR2 60s"]}], "notes": "Stay steady.",
+                         "safety": {"flags": [], "referral_required": False}}, separators=(",", ":"))
+    request = CoachRequest([SYSTEM, {"role": "user", "content": "A one-day plan."}], _constraints())
+    ids = engine.tokenizer(answer, add_special_tokens=False)["input_ids"] + [engine.tokenizer.eos_token_id]
+    grammar = engine.grammars.get(request.constraints, False)
+    head, complete = accepted_prefix(grammar, ids, {engine.tokenizer.eos_token_id})
+    assert complete and head == ids[:-1]
+    raw = CoachReply(text=answer, decoding="raw", token_ids=ids, latency_s=3.0, prompt_tokens=20)
+    reply = engine.answer([request], decoding="guided", raw=[raw])[0]
+    assert reply.text == answer and reply.violations == [] and reply.shared_tokens == len(ids) - 1
+    assert (reply.completion_tokens, reply.prompt_tokens) == (len(ids), 20)
+    with pytest.raises(ValueError, match="one per request"):
+        engine.answer([request, request], decoding="guided", raw=[raw])
+
+
 def _with_user(record, text):
     messages = [m if m.role != "user" else ChatMessage(role="user", content=text) for m in record.messages]
     return record.model_copy(update={"messages": messages})

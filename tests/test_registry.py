@@ -9,6 +9,7 @@ import yaml
 from eval_factories import make_adapter, make_eval_run
 
 from fitsense.catalogue import CATALOGUE
+from fitsense.data.prompts import SYSTEM_PROMPT
 from fitsense.registry.lineage import lineage
 from fitsense.registry.register import (
     RegistryError,
@@ -188,6 +189,10 @@ def test_registered_model_loads_and_generates(make_run):
     conversation = [{"role": "system", "content": "Answer in JSON."},
                     {"role": "user", "content": "A 3-day plan, dumbbells only."}]
     answers = model.predict([conversation, "Just a question"], params={"decoding": "raw"})
+    # A request without a system message gets the student's own (student.json's; here the pipeline's default).
+    assert model.model_config["system_prompt"] == SYSTEM_PROMPT
+    asked = model.unwrap_python_model()._requests(["Just a question"])[0].messages
+    assert asked == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "Just a question"}]
     assert len(answers) == 2 and all(isinstance(a["text"], str) and a["error"] is None for a in answers)
     assert model.metadata.get_params_schema().to_dict() == [
         {"name": "max_new_tokens", "type": "long", "default": 8, "shape": None},

@@ -11,7 +11,7 @@ from training_factories import make_records, write_dataset_stage
 
 from fitsense.config import ConfigError, load_params
 from fitsense.errors import InputDataError, StageError
-from fitsense.records import ChatMessage
+from fitsense.records import ChatMessage, DistillRecord
 from fitsense.runs import RunContext, read_jsonl, write_jsonl
 
 
@@ -216,6 +216,8 @@ def test_training_writes_adapter_metrics_and_mlflow_lineage(tmp_path, tiny_model
     student = json.loads((out / "student.json").read_text())
     assert student["dataset_run_id"] == info["dataset_run_id"]
     assert student["device"] == "cpu" and student["quantization"] == "none"
+    first = read_jsonl(ctx.run_dir / "dataset" / "train.jsonl", DistillRecord)[0]
+    assert student["system_prompt"] == first.messages[0].content  # the prompt serving adds when a client sends none
     assert student["mlflow_run_id"] == summary["mlflow_run_id"]
     assert ctx.manifest("training")["outputs"]["adapter"]["sha256"]
 

@@ -28,6 +28,14 @@ def to_prompt_completion(records: list[DistillRecord], source: str) -> list[dict
     return rows
 
 
+def system_prompt_of(rows: list[dict]) -> str | None:
+    """The system prompt the student is trained with (that of the first row), or None without one."""
+    for message in rows[0]["prompt"] if rows else []:
+        if message["role"] == "system":
+            return message["content"]
+    return None
+
+
 def load_split(ctx: RunContext, split: str) -> list[DistillRecord]:
     path = ctx.require("dataset", f"{split}.jsonl")
     return read_jsonl(path, DistillRecord)

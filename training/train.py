@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from fitsense.runs import RunContext, read_json, write_json, write_manifest
-from fitsense.training.data import check_quality_gate, load_split, load_training_rows
+from fitsense.training.data import check_quality_gate, load_split, load_training_rows, system_prompt_of
 from fitsense.training.hardware import load_base_for_training, plan_hardware
 from fitsense.training.mlflow_run import log_run_inputs, start_mlflow_run
 from fitsense.training.outputs import loss_rows, save_adapter, training_metrics, write_loss_csv
@@ -177,6 +177,7 @@ def train_student(ctx: RunContext) -> dict:
             "device": device,
             "quantization": quantization,
             "precision": precision,
+            "system_prompt": system_prompt_of(rows.train),  # serving adds it to requests sent without one
         }
         write_json(stage_dir / "metrics.json", metrics)
         write_loss_csv(stage_dir / "loss.csv", loss_rows(state.log_history, base_val_loss))
