@@ -57,7 +57,7 @@ def main() -> None:
         started = time.perf_counter()
         replies = engine.answer(requests, decoding=decoding.split(",")[0], max_new_tokens=max_new,
                                 batch_size=batch, seed=params.seed,
-                                raw=answers["raw"] if decoding.endswith("raw") else None)
+                                raw=answers["raw"] if decoding.startswith("guided,") else None)
         walls[decoding] = wall = time.perf_counter() - started
         answers[decoding] = replies
         tokens = sum(r.completion_tokens for r in replies)

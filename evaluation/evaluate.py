@@ -155,10 +155,8 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
     if cfg.guided:
         for request in requests[:1]:  # compile outside the timed batches (what a server does at start-up)
             engine.grammars.get(request.constraints, False)
-        # Each guided answer starts from what its raw answer wrote while the grammar accepted it (the same greedy
-        # tokens), so only the rest is generated.
-        out[GUIDED_ROLE] = engine.answer(requests, decoding="guided", label="guided student", raw=out["student"],
-                                         **kwargs)
+        out[GUIDED_ROLE] = engine.answer(requests, decoding="guided", label="guided student",
+                                         raw=out["student"] if cfg.guided_from_raw else None, **kwargs)
         log.info("guided decoding: %d grammars compiled in %.1f s", len(engine.grammars.grammars),
                  engine.grammars.compile_s)
     del model, engine

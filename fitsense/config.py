@@ -228,6 +228,7 @@ class EvaluationConfig(_Section):
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers
     guided: bool = True  # also score the student with the safety screen and constraint-guided decoding
+    guided_from_raw: bool = False  # guided answers continue the grammar-accepted start of the raw ones
     endpoint: EndpointConfig | None = None  # also score a served student (student_served); None = off
 
 
