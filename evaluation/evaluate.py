@@ -233,7 +233,8 @@ def build_answer_tables(ctx: RunContext, examples, generations: dict[str, list[G
         tables[role] = answer_frame(_rows_for(role, answered, texts[role], refs, timings, costs, plans))
         if role == GUIDED_ROLE:
             tables[role]["regenerated"] = [g.regenerated for g in gens]
-            tables[role]["shared_tokens"] = [g.shared_tokens for g in gens]
+            if ecfg.guided_from_raw:  # else the row reads n/a, not a 0% that suggests the reuse ran
+                tables[role]["shared_tokens"] = [g.shared_tokens for g in gens]
     recs = [teacher_records.get(ex.query_id) for ex in examples]
     timings = [(r.latency_s, r.completion_tokens) if r else (None, 0) for r in recs]
     costs = [teacher_cost(r, tcfg.price_per_1k_input, tcfg.price_per_1k_output) if r else 0.0 for r in recs]

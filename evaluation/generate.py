@@ -50,14 +50,14 @@ def grammar_processor(grammars: list, prefixes: list[list[int]] | None = None):
     from xgrammar.contrib.hf import LogitsProcessor
 
     processor = LogitsProcessor(list(grammars))
-    if prefixes is not None:  # the processor builds its matchers on its first call unless they exist
-        processor.batch_size = len(grammars)
-        processor.matchers = [xgr.GrammarMatcher(g) for g in grammars]
-        for i, (matcher, prefix) in enumerate(zip(processor.matchers, prefixes)):
-            for token in prefix:
-                if not matcher.accept_token(token):
-                    raise ValueError(f"row {i}: the grammar rejects its own prefix at token {token}")
-        processor.token_bitmask = xgr.allocate_token_bitmask(processor.batch_size, processor.full_vocab_size)
+    # The processor builds its matchers on its first call unless they exist; these have read the prefixes.
+    processor.batch_size = len(grammars)
+    processor.matchers = [xgr.GrammarMatcher(g) for g in grammars]
+    for i, (matcher, prefix) in enumerate(zip(processor.matchers, prefixes or [[] for _ in grammars])):
+        for token in prefix:
+            if not matcher.accept_token(token):
+                raise ValueError(f"row {i}: the grammar rejects its own prefix at token {token}")
+    processor.token_bitmask = xgr.allocate_token_bitmask(processor.batch_size, processor.full_vocab_size)
     return processor
 
 
@@ -142,11 +142,8 @@ def generate_answers(
                 for c in batch
             ]
             heads = [[] for _ in batch] if prefixes is None else prefixes[start : start + batch_size]
-            if prefixes is None:
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            else:
-                ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + list(h) for t, h in zip(texts, heads)]
-                enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
+            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + list(h) for t, h in zip(texts, heads)]
+            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
             budgets = [max_new_tokens - len(h) for h in heads]
             torch.manual_seed(seed)
             started = time.perf_counter()
@@ -154,8 +151,8 @@ def generate_answers(
                 guide = {"stopping_criteria": StoppingCriteriaList(
                     [StopWhenAnswerComplete(tokenizer, enc["input_ids"].shape[1])])}
             else:
-                guide = {"logits_processor": LogitsProcessorList([grammar_processor(
-                    grammars[start : start + batch_size], None if prefixes is None else heads)])}
+                guide = {"logits_processor": LogitsProcessorList(
+                    [grammar_processor(grammars[start : start + batch_size], heads)])}
             with torch.inference_mode():
                 generated = model.generate(
                     **enc,
