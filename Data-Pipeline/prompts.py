@@ -20,6 +20,7 @@ import re
 from collections import Counter
 
 import numpy as np
+from pydantic import BaseModel
 
 from fitsense.catalogue import BY_NAME, EQUIPMENT
 from fitsense.data import phrasings as bank
@@ -115,39 +116,40 @@ def with_typo(template: str, rng: np.random.Generator) -> str:
     return "".join(outside)
 
 
-def _fact_lines(context: QueryContext, c: QueryConstraints, register: str, units: tuple[str, str],
+def _fact_lines(context: dict, c: dict, register: str, units: tuple[str, str],
                 rng: np.random.Generator | None) -> list[str]:
     """Profile, health, equipment, schedule and avoid lines; the first template of each when ``rng`` is None."""
     choose = (lambda options: options[0]) if rng is None else (lambda options: _pick(rng, options))
-    p = context.profile
-    sex = "woman" if p.sex == "female" else "man"
-    goals = ", then ".join(_words(g) for g in context.goals)
+    p = context["profile"]
+    sex = "woman" if p["sex"] == "female" else "man"
+    goals = ", then ".join(_words(g) for g in context["goals"])
     lines = [choose(bank.PROFILE[register]).format(
-        age=p.age, a_an=_a_an(p.age), sex=sex, sex_letter="F" if p.sex == "female" else "M",
-        height=_height(p.height_cm, units[1]), weight=_weight(p.weight_kg, units[0]),
-        activity=ACTIVITY_WORDS[p.activity_level], experience=p.experience, goals=goals)]
+        age=p["age"], a_an=_a_an(p["age"]), sex=sex, sex_letter="F" if p["sex"] == "female" else "M",
+        height=_height(p["height_cm"], units[1]), weight=_weight(p["weight_kg"], units[0]),
+        activity=ACTIVITY_WORDS[p["activity_level"]], experience=p["experience"], goals=goals)]
     cond_t, inj_t, med_t = bank.HEALTH[register]
     health = []
-    if context.conditions:
-        health.append(cond_t.format(conditions=", ".join(_words(x) for x in context.conditions)))
-    if context.injuries:
-        health.append(inj_t.format(injuries=", ".join(f"{_words(i.site)} ({i.status})" for i in context.injuries)))
-    if context.medications:
-        health.append(med_t.format(medications=", ".join(context.medications)))
+    if context["conditions"]:
+        health.append(cond_t.format(conditions=", ".join(_words(x) for x in context["conditions"])))
+    if context["injuries"]:
+        health.append(inj_t.format(injuries=", ".join(f"{_words(i['site'])} ({i['status']})"
+                                                      for i in context["injuries"])))
+    if context["medications"]:
+        health.append(med_t.format(medications=", ".join(context["medications"])))
     lines.append(" ".join(health) or choose(bank.HEALTH_NONE[register]))
     return lines + _constraint_lines(c, register, choose)
 
 
-def _constraint_lines(c: QueryConstraints, register: str, choose) -> list[str]:
+def _constraint_lines(c: dict, register: str, choose) -> list[str]:
     """The equipment, schedule and avoid lines of a query's constraints."""
     lines = []
-    have = set(c.available_equipment) | {"bodyweight"}
-    kit = choose(bank.FULL_GYM) if have == set(EQUIPMENT) else ", ".join(_words(e) for e in c.available_equipment)
+    have = set(c["available_equipment"]) | {"bodyweight"}
+    kit = choose(bank.FULL_GYM) if have == set(EQUIPMENT) else ", ".join(_words(e) for e in c["available_equipment"])
     lines.append(choose(bank.EQUIPMENT_LINE[register]).format(kit=kit))
-    lines.append(choose(bank.SCHEDULE[register]).format(days=c.days_per_week, minutes=c.session_minutes,
-                                                        max_ex=c.max_exercises_per_day, rir=c.rir_floor))
+    lines.append(choose(bank.SCHEDULE[register]).format(days=c["days_per_week"], minutes=c["session_minutes"],
+                                                        max_ex=c["max_exercises_per_day"], rir=c["rir_floor"]))
     # Only avoided exercises the user could otherwise do are worth naming; the rest need missing kit.
-    avoid = [n for n in c.avoid_exercises if n in BY_NAME and set(BY_NAME[n].equipment) <= have]
+    avoid = [n for n in c["avoid_exercises"] if n in BY_NAME and set(BY_NAME[n].equipment) <= have]
     if avoid:
         lines.append(choose(bank.AVOID[register]).format(avoid=", ".join(avoid)))
     return lines
@@ -159,29 +161,34 @@ def profile_text(constraints: QueryConstraints, context: QueryContext | None = N
     and avoid lines. The student is trained on requests that state these facts, and a teacher asked later
     (``teacher capture --from-inference-log``) needs them in the prompt to honour the constraints."""
     if context is not None:
-        return "\n".join(_fact_lines(context, constraints, "terse", ("kg", "cm"), None))
-    return "\n".join(_constraint_lines(constraints, "terse", lambda options: options[0]))
+        return "\n".join(_fact_lines(_fields(context), _fields(constraints), "terse", ("kg", "cm"), None))
+    return "\n".join(_constraint_lines(_fields(constraints), "terse", lambda options: options[0]))
 
 
-def _trends_line(context: QueryContext) -> str:
-    trends = context.recent_trends
-    weeks = max((len(t.weekly_top_reps) for t in trends), default=0)
-    rirs = {round(t.weekly_avg_rir[-1]) for t in trends}
+def _trends_line(context: dict) -> str:
+    trends = context["recent_trends"]
+    weeks = max((len(t["weekly_top_reps"]) for t in trends), default=0)
+    rirs = {round(t["weekly_avg_rir"][-1]) for t in trends}
     shared = len(rirs) == 1
-    text = "; ".join(f"{t.name} {','.join(map(str, t.weekly_top_reps))}"
-                     + ("" if shared else f" @RIR~{round(t.weekly_avg_rir[-1])}") for t in trends)
+    text = "; ".join(f"{t['name']} {','.join(map(str, t['weekly_top_reps']))}"
+                     + ("" if shared else f" @RIR~{round(t['weekly_avg_rir'][-1])}") for t in trends)
     tail = f" (at RIR~{rirs.pop()})" if shared else ""
     return f"Top reps per week, last {weeks} weeks{tail}: {text}."
 
 
-def _assemble(kind: str, context: QueryContext, facts: list[str], request: str, request_first: bool) -> list[str]:
+def _assemble(kind: str, context: dict, facts: list[str], request: str, request_first: bool) -> list[str]:
     if kind == "plan_modification":
-        return facts + [compact_plan(context.current_plan), request]
+        return facts + [compact_plan(context["current_plan"]), request]
     if kind == "progress_adaptation":
-        return facts + [compact_plan(context.current_plan), _trends_line(context) + " " + request]
+        return facts + [compact_plan(context["current_plan"]), _trends_line(context) + " " + request]
     if kind not in ("plan_creation", "safety_adjustment"):
         raise ValueError(f"unknown query kind {kind!r}")
     return [request] + facts if request_first else facts + [request]
+
+
+def _fields(record: BaseModel | dict) -> dict:
+    """A record's fields as plain data (what the query stage builds and writes): the one form the wording reads."""
+    return record.model_dump() if isinstance(record, BaseModel) else record
 
 
 def render_request(kind: str, context: QueryContext, constraints: QueryConstraints, intent: str,
@@ -191,6 +198,14 @@ def render_request(kind: str, context: QueryContext, constraints: QueryConstrain
 
     ``held_out`` draws the request from the intent's held-out templates (the challenge split).
     """
+    text, phrasing = word_request(kind, _fields(context), _fields(constraints), intent, slots, rng, held_out=held_out)
+    return text, Phrasing(**phrasing)
+
+
+def word_request(kind: str, context: dict, constraints: dict, intent: str, slots: dict[str, str | int],
+                 rng: np.random.Generator, *, held_out: bool = False) -> tuple[str, dict]:
+    """``render_request`` on a query's fields as plain data (the query stage's records): the same draws and
+    text, with the phrasing as its JSON fields."""
     templates = bank.INTENTS[intent].held_out if held_out else bank.INTENTS[intent].seen
     index = int(rng.integers(len(templates)))
     template_id = f"{intent}.{'h' if held_out else 's'}{index:02d}"
@@ -206,8 +221,8 @@ def render_request(kind: str, context: QueryContext, constraints: QueryConstrain
     lines = _assemble(kind, context, facts, request, request_first=bool(rng.random() < 0.3))
     opener, closer = _pick(rng, bank.OPENERS[register]), _pick(rng, bank.CLOSERS[register])
     text = "\n".join(line for line in (opener, *lines, closer) if line)
-    phrasing = Phrasing(intent=intent, template=template_id, held_out=held_out, slots=slots, style=register,
-                        units="/".join(units), fact_order=order, typo=typo)
+    phrasing = {"intent": intent, "template": template_id, "held_out": held_out, "slots": slots, "style": register,
+                "units": "/".join(units), "fact_order": order, "typo": typo}
     return text, phrasing
 
 
@@ -223,5 +238,6 @@ def render_user_message(kind: str, context: QueryContext, constraints: QueryCons
         request = f"New: I was just diagnosed with {_words(context.new_condition)}. Please adjust my plan."
     else:
         request = bank.INTENTS["plan.create" if kind == "plan_creation" else "progress.adapt"].canonical
+    context, constraints = _fields(context), _fields(constraints)
     facts = _fact_lines(context, constraints, "terse", ("kg", "cm"), None)
     return "\n".join(_assemble(kind, context, facts, request, request_first=False))

@@ -27,23 +27,13 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import TypeAdapter, ValidationError
 
 from fitsense.catalogue import CONDITIONS, EQUIPMENT, INJURY_SITES, exercises_to_avoid, usable_exercises
 from fitsense.data import phrasings, planning
-from fitsense.data.prompts import SYSTEM_PROMPT, render_request
+from fitsense.data.prompts import SYSTEM_PROMPT, word_request
 from fitsense.errors import InputDataError, StageError
-from fitsense.records import (
-    QUERY_KINDS,
-    SLICE_TAGS,
-    ChatMessage,
-    CoachingQuery,
-    ExerciseTrend,
-    Injury,
-    Profile,
-    QueryConstraints,
-    QueryContext,
-    Symptom,
-)
+from fitsense.records import QUERY_KINDS, SLICE_TAGS, CoachingQuery
 from fitsense.runs import RunContext, atomic_open, available_cpus, jsonl_line, write_manifest
 
 log = logging.getLogger(__name__)
@@ -78,25 +68,25 @@ def kind_counts(n: int, mix: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def constraints_for(experience: str, conditions: list[str], injuries: list[Injury], equipment: list[str],
-                    days: int, minutes: int, referral: bool = False, extra_avoid: tuple[str, ...] = ()) -> QueryConstraints:
-    """What any answer for this person must honour (see the module docstring)."""
-    avoid = sorted(set(exercises_to_avoid([i.site for i in injuries], conditions)) | set(extra_avoid))
+def constraints_for(experience: str, conditions: list[str], injuries: list[dict], equipment: list[str],
+                    days: int, minutes: int, referral: bool = False, extra_avoid: tuple[str, ...] = ()) -> dict:
+    """What any answer for this person must honour (see the module docstring): ``QueryConstraints`` fields."""
+    avoid = sorted(set(exercises_to_avoid([i["site"] for i in injuries], conditions)) | set(extra_avoid))
     if not usable_exercises(equipment, avoid):
         raise StageError(f"unsatisfiable constraints: nothing usable with {equipment} avoiding {avoid}")
-    return QueryConstraints(
-        days_per_week=days,
-        session_minutes=minutes,
-        max_exercises_per_day=planning.max_exercises_per_day(minutes),
-        available_equipment=equipment,
-        avoid_exercises=avoid,
-        rir_floor=planning.rir_floor(experience, conditions),
-        referral_required=referral,
-    )
+    return {
+        "days_per_week": days,
+        "session_minutes": minutes,
+        "max_exercises_per_day": planning.max_exercises_per_day(minutes),
+        "available_equipment": equipment,
+        "avoid_exercises": avoid,
+        "rir_floor": planning.rir_floor(experience, conditions),
+        "referral_required": referral,
+    }
 
 
 class _World:
-    """The synthetic tables a query needs, indexed by user."""
+    """The synthetic tables a query needs, indexed by user, as plain data (the records' JSON fields)."""
 
     def __init__(self, ctx: RunContext):
         src = ctx.require("synthetic", "manifest.json").parent
@@ -127,7 +117,7 @@ class _World:
                 "user_id", "birth_date", "sex", "height_cm", "weight_kg", "activity_level", "experience",
                 "days_available", "session_minutes")))
         }
-        self.profiles: dict[int, Profile] = {}
+        self.profiles: dict[int, dict] = {}
         self.goals = lists(read("goals").sort_values(["user_id", "priority"], kind="stable"), lambda f: f["goal"].tolist())
         cond = read("medical_conditions")
         order = {c: i for i, c in enumerate(CONDITIONS)}
@@ -149,13 +139,13 @@ class _World:
         birth, sex, height, weight, activity, experience, days, minutes = self.facts[user]
         profile = self.profiles.get(user)
         if profile is None:  # queries share their user's (never changed) profile
-            profile = self.profiles[user] = Profile(age=_age(birth, self.anchor), sex=sex, height_cm=height,
-                                                    weight_kg=weight, activity_level=activity, experience=experience)
+            profile = self.profiles[user] = {"age": _age(birth, self.anchor), "sex": sex, "height_cm": height,
+                                             "weight_kg": weight, "activity_level": activity, "experience": experience}
         return {
             "profile": profile,
             "goals": list(self.goals[user]),
             "conditions": list(self.conditions.get(user, ())),
-            "injuries": [Injury(site=s, status=st) for s, st in self.injuries.get(user, ())],
+            "injuries": [{"site": s, "status": st} for s, st in self.injuries.get(user, ())],
             "medications": list(self.medications.get(user, ())),
             "equipment": list(self.equipment[user]),
             "days": days,
@@ -191,7 +181,7 @@ class _World:
             for user, plan_id, name in zip(plans["user_id"].tolist(), plans["plan_id"].tolist(), plans["name"].tolist())
         }
 
-    def trends(self, users: list[int]) -> dict[int, list[ExerciseTrend]]:
+    def trends(self, users: list[int]) -> dict[int, list[dict]]:
         """Per user, the exercises with the clearest trend over the last TREND_WEEKS logged weeks."""
         window_start = pd.Timestamp(self.anchor) - pd.Timedelta(days=7 * TREND_WEEKS)
         workouts = self.read("workouts", filters=[("user_id", "in", users)])
@@ -217,12 +207,12 @@ class _World:
                                                                   ascending=[True, False, True])
         fit = fit[fit.groupby("user_id").cumcount() < 3]
         tops, rirs = weekly["top"].tolist(), weekly["rir"].tolist()
-        out: dict[int, list[ExerciseTrend]] = {}
+        out: dict[int, list[dict]] = {}  # ExerciseTrend fields
         for user, name, slope, start, n in zip(*(fit[c].tolist() for c in ("user_id", "name", "slope", "start", "n"))):
             trend = "progressing" if slope >= TREND_SLOPE else "regressing" if slope <= -TREND_SLOPE else "stalled"
-            out.setdefault(int(user), []).append(ExerciseTrend(
-                name=name, weekly_top_reps=[int(t) for t in tops[start:start + n]],
-                weekly_avg_rir=[round(float(r), 1) for r in rirs[start:start + n]], trend=trend))
+            out.setdefault(int(user), []).append({
+                "name": name, "weekly_top_reps": [int(t) for t in tops[start:start + n]],
+                "weekly_avg_rir": [round(float(r), 1) for r in rirs[start:start + n]], "trend": trend})
         return out
 
 
@@ -267,34 +257,34 @@ def _modification(rng: np.random.Generator, b: dict, plan: dict) -> tuple[str, d
 def _safety(rng: np.random.Generator, b: dict, red_flag_share: float) -> dict:
     """A new symptom, injury or diagnosis; updates the base facts in place and returns context fields."""
     if rng.random() < red_flag_share:
-        return {"new_symptom": Symptom(text=RED_FLAG_SYMPTOMS[rng.integers(len(RED_FLAG_SYMPTOMS))], red_flag=True)}
+        return {"new_symptom": {"text": RED_FLAG_SYMPTOMS[rng.integers(len(RED_FLAG_SYMPTOMS))], "red_flag": True}}
     choice = rng.integers(3)
-    free_sites = [s for s in INJURY_SITES if s not in {i.site for i in b["injuries"]}]
+    free_sites = [s for s in INJURY_SITES if s not in {i["site"] for i in b["injuries"]}]
     p = b["profile"]
     free_conditions = [c for c in CONDITIONS if c not in b["conditions"]
-                       and (c != "pregnancy" or (p.sex == "female" and 18 <= p.age <= 45))]
+                       and (c != "pregnancy" or (p["sex"] == "female" and 18 <= p["age"] <= 45))]
     if choice == 1 and free_sites:
-        injury = Injury(site=free_sites[rng.integers(len(free_sites))], status="active")
-        b["injuries"] = sorted(b["injuries"] + [injury], key=lambda i: i.site)
+        injury = {"site": free_sites[rng.integers(len(free_sites))], "status": "active"}
+        b["injuries"] = sorted(b["injuries"] + [injury], key=lambda i: i["site"])
         return {"new_injury": injury}
     if choice == 2 and free_conditions:
         condition = free_conditions[rng.integers(len(free_conditions))]
         b["conditions"] = sorted(b["conditions"] + [condition], key=list(CONDITIONS).index)
         return {"new_condition": condition}
-    return {"new_symptom": Symptom(text=BENIGN_SYMPTOMS[rng.integers(len(BENIGN_SYMPTOMS))], red_flag=False)}
+    return {"new_symptom": {"text": BENIGN_SYMPTOMS[rng.integers(len(BENIGN_SYMPTOMS))], "red_flag": False}}
 
 
-def request_intent(context: QueryContext) -> tuple[str, dict]:
+def request_intent(context: dict) -> tuple[str, dict]:
     """The phrasing-bank intent and slots of a safety query's new symptom, injury or condition."""
-    if context.new_symptom is not None:
-        return SYMPTOM_INTENT[context.new_symptom.text], {}
-    if context.new_injury is not None:
-        return "safety.injury", {"site": context.new_injury.site}
-    return "safety.condition", {"condition": context.new_condition}
+    if "new_symptom" in context:
+        return SYMPTOM_INTENT[context["new_symptom"]["text"]], {}
+    if "new_injury" in context:
+        return "safety.injury", {"site": context["new_injury"]["site"]}
+    return "safety.condition", {"condition": context["new_condition"]}
 
 
 def draw_request(kind: str, b: dict, rng: np.random.Generator, red_flag_share: float, plan: dict | None,
-                 trends: list[ExerciseTrend] | None) -> tuple[dict, dict, str, dict]:
+                 trends: list[dict] | None) -> tuple[dict, dict, str, dict]:
     """The part of a query drawn from the stage's one sequential generator ``rng``: (context fields, changed
     constraint fields, intent, template slots). A safety query's new injury or condition updates ``b``."""
     extra: dict = {}
@@ -310,31 +300,26 @@ def draw_request(kind: str, b: dict, rng: np.random.Generator, red_flag_share: f
     return extra, changes, intent, slots
 
 
-def build_query(query_id: str, user: int, kind: str, b: dict, rng: np.random.Generator, red_flag_share: float,
-                plan: dict | None, trends: list[ExerciseTrend] | None,
-                phrase_rng: np.random.Generator | None = None) -> CoachingQuery:
-    return finish_query(query_id, user, kind, b, draw_request(kind, b, rng, red_flag_share, plan, trends),
-                        phrase_rng)
-
-
 def finish_query(query_id: str, user: int, kind: str, b: dict, drawn: tuple[dict, dict, str, dict],
-                 phrase_rng: np.random.Generator | None = None) -> CoachingQuery:
-    """The query from its drawn part; everything random here comes from the query's own ``phrase_rng``."""
+                 phrase_rng: np.random.Generator | None = None) -> dict:
+    """The query's ``CoachingQuery`` fields from its drawn part (validated by the caller, a batch at a time);
+    everything random here comes from the query's own ``phrase_rng``."""
     extra, changes, intent, slots = drawn
     equipment = changes.get("equipment", b["equipment"])
-    referral = bool(extra.get("new_symptom") and extra["new_symptom"].red_flag)
-    constraints = constraints_for(b["profile"].experience, b["conditions"], b["injuries"], equipment,
+    referral = bool(extra.get("new_symptom") and extra["new_symptom"]["red_flag"])
+    constraints = constraints_for(b["profile"]["experience"], b["conditions"], b["injuries"], equipment,
                                   changes.get("days", b["days"]), changes.get("minutes", b["minutes"]),
                                   referral, changes.get("extra_avoid", ()))
-    context = QueryContext(profile=b["profile"], primary_goal=b["goals"][0], goals=b["goals"],
-                           conditions=b["conditions"], injuries=b["injuries"], medications=b["medications"],
-                           equipment=equipment, **extra)
+    context = {"profile": b["profile"], "primary_goal": b["goals"][0], "goals": b["goals"],
+               "conditions": b["conditions"], "injuries": b["injuries"], "medications": b["medications"],
+               "equipment": equipment, "recent_trends": [],
+               **{k: v for k, v in extra.items() if v is not None}}  # what a record leaves out when None
     p = b["profile"]
     slices = {
-        "age_band": age_band(p.age),
-        "sex": p.sex,
-        "activity_level": p.activity_level,
-        "experience": p.experience,
+        "age_band": age_band(p["age"]),
+        "sex": p["sex"],
+        "activity_level": p["activity_level"],
+        "experience": p["experience"],
         "primary_goal": b["goals"][0],
         "has_condition": "yes" if b["conditions"] else "no",
         "has_injury": "yes" if b["injuries"] else "no",
@@ -343,11 +328,38 @@ def finish_query(query_id: str, user: int, kind: str, b: dict, drawn: tuple[dict
     assert set(slices) == set(SLICE_TAGS)
     if kind == "safety_adjustment":
         intent, slots = request_intent(context)
-    text, phrasing = render_request(kind, context, constraints, intent, slots,
-                                    phrase_rng if phrase_rng is not None else np.random.default_rng(0))
-    messages = [ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=text)]
-    return CoachingQuery(query_id=query_id, user_id=user, kind=kind, messages=messages, slices=slices,
-                         constraints=constraints, context=context, phrasing=phrasing)
+    text, phrasing = word_request(kind, context, constraints, intent, slots,
+                                  phrase_rng if phrase_rng is not None else np.random.default_rng(0))
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+    return {"query_id": query_id, "user_id": user, "kind": kind, "messages": messages, "slices": slices,
+            "constraints": constraints, "context": context, "phrasing": phrasing}
+
+
+_QUERIES = TypeAdapter(list[CoachingQuery])
+BATCH = 500  # queries validated and written together
+
+
+def query_lines(records: list[dict]) -> bytes:
+    """Validate a batch of query records as ``CoachingQuery`` (an invalid one fails the stage, named) and
+    write them as JSON lines, byte for byte what ``jsonl_line`` writes for the validated records."""
+    try:
+        _QUERIES.validate_python(records)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"][1:]) or "record"
+        raise StageError(f"query {records[err['loc'][0]]['query_id']}: invalid record: {where}: {err['msg']}") from None
+    return b"".join([_line(r) for r in records])
+
+
+def _line(record: dict) -> bytes:
+    """orjson writes what the json module does for these records: their only floats (height, weight, logged
+    RIR) are plain decimals, where the two agree digit for digit; other floats go through ``jsonl_line``."""
+    c = record["context"]
+    floats = [c["profile"]["height_cm"], c["profile"]["weight_kg"],
+              *(r for t in c["recent_trends"] for r in t["weekly_avg_rir"])]
+    if all(x == 0 or 1e-4 <= abs(x) < 1e15 for x in floats):
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n"
+    return jsonl_line(record)
 
 
 CHUNK = 5_000  # queries a worker builds at a time (the unit the parts are stitched by)
@@ -380,21 +392,29 @@ class _Plan:
 def _build_part(plan: _Plan, worker: int, workers: int, out: BinaryIO) -> tuple[dict, int, list[int]]:
     """Write this worker's chunks (chunk c goes to worker c % workers) as JSON lines to ``out``: (rows per
     kind, referrals, bytes per chunk). Every worker replays the sequential draws of all queries (a few
-    microseconds each) so its queries are exactly those a single process would build."""
+    microseconds each: the other workers' queries are drawn, not built) so its queries are exactly those a
+    single process would build."""
     rows, referrals, sizes = dict.fromkeys(QUERY_KINDS, 0), 0, []
+    batch: list[dict] = []
     start = out.tell()
     for i, (user, kind) in enumerate(zip(plan.users, plan.kinds), start=1):
         b = plan.world.base(user)
-        current, trends = plan.plans.get(user), plan.trends.get(user)
-        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, None if current is None else orjson.loads(current),
-                             None if trends is None else [ExerciseTrend(**t) for t in orjson.loads(trends)])
-        if ((i - 1) // CHUNK) % workers != worker:
+        current = plan.plans.get(user)
+        if ((i - 1) // CHUNK) % workers != worker:  # another worker's: only the draw (of these, only a change reads the plan)
+            draw_request(kind, b, plan.rng, plan.red_flag_share,
+                         orjson.loads(current) if kind == "plan_modification" and current is not None else None, None)
             continue
+        trends = plan.trends.get(user)
+        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, None if current is None else orjson.loads(current),
+                             None if trends is None else orjson.loads(trends))
         q = finish_query(f"q{i:0{plan.width}d}", user, kind, b, drawn,
                          np.random.default_rng([plan.seed, PHRASING_STREAM, i]))
         rows[kind] += 1
-        referrals += q.constraints.referral_required
-        out.write(jsonl_line(q))
+        referrals += q["constraints"]["referral_required"]
+        batch.append(q)
+        if len(batch) == BATCH or i % CHUNK == 0 or i == len(plan.users):
+            out.write(query_lines(batch))
+            batch.clear()
         if i % CHUNK == 0 or i == len(plan.users):
             sizes.append(out.tell() - start)
             start = out.tell()
@@ -457,7 +477,7 @@ def build_queries(ctx: RunContext) -> dict:
     if n_prog:
         sample = sorted(set(rng.choice(users_all, size=min(len(users_all), max(4 * n_prog, 50)),
                                        replace=False).tolist()))
-        trends = {user: orjson.dumps([t.model_dump() for t in ts])
+        trends = {user: orjson.dumps(ts)
                   for batch in _batches(sample) for user, ts in world.trends(batch).items()}
         pool = np.array(sorted(trends))
         if len(pool) == 0:

@@ -319,3 +319,22 @@ def test_forked_workers_write_the_file_one_process_writes(run, tmp_path, monkeyp
     assert result["by_kind"] == {k: v for k, v in ctx.manifest("queries")["rows"].items() if k != "queries"}
     assert result["referral_required"] == ctx.manifest("queries")["referral_required"]
     assert not list(other.stage_dir("queries").glob("*.part*"))
+
+
+def test_query_lines_validate_the_batch_and_write_what_jsonl_line_writes(run):
+    import json
+
+    from fitsense.data.queries import query_lines
+    from fitsense.errors import StageError
+    from fitsense.runs import jsonl_line
+
+    _, queries = run
+    some = [next(q for q in queries if q.kind == kind) for kind in QUERY_KINDS]
+    records = [q.model_dump(mode="json", exclude_none=True) for q in some]
+    assert query_lines(records) == b"".join(jsonl_line(q) for q in some)
+    records[0]["context"]["profile"]["height_cm"] = 1e16  # orjson writes 1e16, the json module 1e+16
+    assert query_lines(records).splitlines()[0] == json.dumps(records[0], sort_keys=True, ensure_ascii=False,
+                                                               separators=(",", ":")).encode()
+    records[2]["constraints"]["days_per_week"] = 9
+    with pytest.raises(StageError, match=rf"query {some[2].query_id}: invalid record: constraints.days_per_week"):
+        query_lines(records)

@@ -16,6 +16,7 @@ from fitsense.data.queries import _World, age_band, constraints_for
 from fitsense.data.sqlstore import schema_statements, schema_tables
 from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 from fitsense.plan import CoachAnswer
+from fitsense.records import QueryConstraints
 from fitsense.runs import RunContext, file_sha256
 
 N_USERS = 500
@@ -167,8 +168,8 @@ def test_every_current_plan_is_valid_for_its_user(run_ctx):
     for user in users:
         answer = CoachAnswer.model_validate(plans[user])
         b = w.base(user)
-        constraints = constraints_for(b["profile"].experience, b["conditions"], b["injuries"], b["equipment"],
-                                      b["days"], b["minutes"])
+        constraints = QueryConstraints(**constraints_for(b["profile"]["experience"], b["conditions"], b["injuries"],
+                                                         b["equipment"], b["days"], b["minutes"]))
         assert check_answer(answer, constraints) == [], (user, answer.to_json())
         assert all(ex.name in BY_NAME for d in answer.days for ex in d.exercises)
 
