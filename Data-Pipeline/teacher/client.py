@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections import deque
 from concurrent.futures import Executor
@@ -66,11 +64,11 @@ def as_dicts(messages: Iterable[ChatMessage | dict]) -> list[dict]:
             else {"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def query_key(messages: list[dict]) -> str:
-    """Identity of a query from its messages: the system and first user message (repair turns excluded)."""
-    head = [m for m in messages if m["role"] == "system"][:1] + [m for m in messages if m["role"] == "user"][:1]
-    blob = json.dumps([[m["role"], m["content"]] for m in head], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+def query_key(messages: list[dict]) -> tuple[str | None, str | None]:
+    """Identity of a query from its messages: the system and first user message (repair turns excluded).
+    The texts themselves: a dictionary hashes them for less than encoding and digesting them would cost."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    return system, next((m["content"] for m in messages if m["role"] == "user"), None)
 
 
 class OfflineTeacher:
@@ -86,8 +84,8 @@ class OfflineTeacher:
     def __init__(self, queries: Iterable[CoachingQuery] = (), model: str = "fitsense-expert-v1"):
         self.model = model
         self._queries = {query_key(as_dicts(q.messages)): q for q in queries}
-        self._answers: dict[str, str] = {}
-        self._pending: deque[Callable[[], list[tuple[str, str]]]] = deque()
+        self._answers: dict[tuple, str] = {}
+        self._pending: deque[Callable[[], list[tuple[tuple, str]]]] = deque()
 
     def prepare(self, lines: list[str], pool: Executor | None = None, batch: int = 500) -> None:
         if not lines:
@@ -124,7 +122,7 @@ class OfflineTeacher:
         return None
 
 
-def answer_lines(lines: list[str]) -> list[tuple[str, str]]:
+def answer_lines(lines: list[str]) -> list[tuple[tuple, str]]:
     """(query key, the offline expert's answer text) for queries given as JSON lines (a worker's batch)."""
     from fitsense.data.teacher.offline import answer_query
 

@@ -216,7 +216,9 @@ def _conform(answer: CoachAnswer, query: CoachingQuery,
             if name != ex.name:
                 changes.swap(was, name)
             origin[(day.day, name)] = was
-            exercises.append(ex.model_copy(update=update))
+            # most exercises keep every field: the exercise itself (the plans' models are never changed in place)
+            unchanged = all(getattr(ex, k) == v for k, v in update.items())
+            exercises.append(ex if unchanged else ex.model_copy(update=update))
         days.append(exercises)
 
     _fill_gaps(days, usable, query, changes)

@@ -1,8 +1,8 @@
 """``fitsense teacher serve``: the offline teacher as a real OpenAI-compatible HTTP endpoint.
 
 ``POST /v1/chat/completions`` and ``GET /v1/models`` (FastAPI + uvicorn). The
-server loads a ``queries.jsonl`` and finds the query a request is about by the
-hash of its system + first user message (``client.query_key``), so repair turns
+server loads a ``queries.jsonl`` and finds the query a request is about by
+its system + first user message (``client.query_key``), so repair turns
 appended after them still map to the same query.
 
 Injected faults (``FaultConfig``): ``latency_ms`` on every request; with
