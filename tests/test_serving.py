@@ -430,3 +430,13 @@ def test_capture_from_the_inference_log_asks_the_teacher_what_the_student_was_as
     records = read_jsonl(tmp_path / "artifacts" / "r2" / "teacher" / "records.jsonl", TeacherRecord)
     assert [(r.status, r.user_id) for r in records] == [("ok", user.user_id)]  # valid and within the constraints
     assert teacher_app.state.stats["requests"] == 1
+
+
+def test_a_request_without_a_system_prompt_gets_the_one_its_version_was_trained_with(tmp_path, tiny_model_dir):
+    ctx = register_tiny_student(tmp_path, tiny_model_dir, run_id="prompted", system_prompt="You are Coach Ada.")
+    service = build_service(serving_params(ctx, **{"serving.fallback": "off"}))
+    service.load()
+    request = service.prepare([{"role": "user", "content": "Please write my weekly plan."}])
+    assert request.messages[0] == {"role": "system", "content": "You are Coach Ada."}
+    own = service.prepare([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert [m["content"] for m in own.messages] == ["Be brief.", "Hi"]  # a client's own prompt is kept

@@ -57,6 +57,7 @@ class Answerer(Protocol):
     version: str  # the registered model version, e.g. "3"
     fingerprint: str  # the adapter digest (sha256 of the adapter folder)
     screen: Screen
+    system_prompt: str | None  # added to requests that send none; None: the project's SYSTEM_PROMPT
 
     def answer_batch(self, requests: list[ServeRequest]) -> list[ServeAnswer]: ...
 

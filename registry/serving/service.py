@@ -186,11 +186,12 @@ class CoachService:
     # --- one request ----------------------------------------------------------------------------------------
     def prepare(self, messages: list[dict], constraints=None, max_tokens: int | None = None,
                 response_schema: dict | None = None, user: str | None = None) -> ServeRequest:
-        """A checked request: the student's system prompt added when the client sent none; size limits applied."""
+        """A checked request: the version's system prompt added when the client sent none; size limits applied."""
         from fitsense.data.prompts import SYSTEM_PROMPT
 
         if not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": SYSTEM_PROMPT}, *messages]
+            prompt = self.current.system_prompt or SYSTEM_PROMPT
+            messages = [{"role": "system", "content": prompt}, *messages]
         n = self.current.prompt_tokens(messages)
         if n > self.cfg.max_prompt_tokens:
             raise PromptTooLongError(f"the prompt has {n} tokens; this server accepts at most "

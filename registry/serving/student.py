@@ -92,8 +92,9 @@ class StudentAnswerer:
     """One registered version, loaded: greedy decoding in batches, guided by each request's constraints."""
 
     def __init__(self, ref: ModelRef, model, tokenizer, seed: int, model_dir: Path, screen: VersionScreen,
-                 decoding: str = "guided"):
+                 decoding: str = "guided", system_prompt: str | None = None):
         self.ref = ref
+        self.system_prompt = system_prompt  # the prompt the version was trained with (its model config)
         self.screen = screen
         self.decoding = decoding
         self.engine = CoachInference(model, tokenizer, screen.safety)
@@ -143,9 +144,10 @@ def load_version(params: Params, ref: ModelRef) -> StudentAnswerer:
     adapter = model_dir / adapter_path if adapter_path else None
     if adapter is None or not adapter.exists():
         raise ModelUriError(f"{ref.model_id}: the logged model in {model_dir} has no adapter artifact")
-    base = _base_model_path(flavor.get("config") or {}, params)
+    config = flavor.get("config") or {}
+    base = _base_model_path(config, params)
     model, tokenizer = load_student(base, adapter, device=params.training.device, precision=params.serving.precision)
     model = model.merge_and_unload()
     log.info("loaded %s (adapter %s) from %s", ref.model_id, ref.fingerprint[:12], base)
     return StudentAnswerer(ref, model, tokenizer, params.seed, model_dir, load_screen(model_dir, flavor),
-                           decoding=params.serving.decoding)
+                           decoding=params.serving.decoding, system_prompt=config.get("system_prompt"))
