@@ -9,6 +9,7 @@ consecutive sizes (log-log slope of wall seconds: 1.0 is linear):
 
     python benchmarks/bench_data_scale.py --queries 10000 100000 1000000
     python benchmarks/bench_data_scale.py --queries 2000 20000 --keep /tmp/scale   # keep the runs
+    python benchmarks/bench_data_scale.py --stages synthetic queries teacher       # the first stages only
 """
 
 from __future__ import annotations
@@ -68,13 +69,14 @@ def run_stage(stage: str, run_id: str, overrides: list[str]) -> dict:
             "tree_rss_mb": round(tree_peak[0] / 1024**2)}
 
 
-def bench(root: Path, sizes: list[int], queries_per_user: float, extra: list[str]) -> dict:
-    results: dict[str, dict[int, dict]] = {s: {} for s in STAGES}
+def bench(root: Path, sizes: list[int], queries_per_user: float, extra: list[str],
+          stages: tuple[str, ...] = STAGES) -> dict:
+    results: dict[str, dict[int, dict]] = {s: {} for s in stages}
     for n in sizes:
         users = max(300, int(n / queries_per_user))
         overrides = [*extra, f"synthetic.n_users={users}", f"queries.n_queries={n}", f"run.artifacts_dir={root}",
                      f"teacher.cache_dir={root}/teacher-cache-{n}", "teacher.provider=offline"]
-        for stage in STAGES:
+        for stage in stages:
             results[stage][n] = run_stage(stage, f"scale-{n}", overrides)
             r = results[stage][n]
             print(f"{n:>9} {stage:<10} {r['seconds']:>9.1f} s {r['cpu_s']:>9.1f} s CPU {r['peak_rss_mb']:>7} MB "
@@ -114,13 +116,18 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override a param")
     parser.add_argument("--keep", default=None, help="write the runs into this folder")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the stages to run, in pipeline order from synthetic (each needs the ones before it)")
     args = parser.parse_args()
     sizes = sorted(args.queries)
+    stages = tuple(s for s in STAGES if s in args.stages)
+    if stages != STAGES[:len(stages)]:
+        parser.error(f"--stages must be the first stages of {', '.join(STAGES)} (each reads the ones before it)")
     if args.keep:
-        results = bench(Path(args.keep), sizes, args.queries_per_user, args.overrides)
+        results = bench(Path(args.keep), sizes, args.queries_per_user, args.overrides, stages)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            results = bench(Path(tmp), sizes, args.queries_per_user, args.overrides)
+            results = bench(Path(tmp), sizes, args.queries_per_user, args.overrides, stages)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps({s: {str(n): v for n, v in r.items()} for s, r in results.items()},
