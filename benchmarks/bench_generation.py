@@ -4,9 +4,12 @@ Loads a run's student (its trained adapter merged, or the configured base model
 when the run has no training output), takes ``--examples`` test queries (in the
 order evaluation batches them) and answers them with ``CoachInference.answer``
 (raw decoding, the stop-at-complete-JSON criterion) once per attention kernel and
-batch size, all in one run so the figures compare. Prints tokens/s and wall time:
+batch size and ``--release-below`` setting, all in one run so the figures compare. Prints tokens/s,
+wall time, slot use (answer tokens over rows x decoding steps of the generate calls) and how many
+answers are identical to the first setting's:
 
     python benchmarks/bench_generation.py --run-id default --examples 24 --batch 12 24 --attention sdpa eager
+    python benchmarks/bench_generation.py --run-id default --examples 48 --batch 12 --attention sdpa --release-below 0 3
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ def main() -> None:
     parser.add_argument("--attention", nargs="+", default=["sdpa", "eager"])
     parser.add_argument("--decoding", choices=["raw", "guided"], default="raw")
     parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--release-below", type=int, nargs="+", default=[0],
+                        help="evaluation.release_below settings to compare (0: off)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -46,20 +51,35 @@ def main() -> None:
         for request, refer in zip(requests, engine.screen.refer([r.messages[-1]["content"] for r in requests])):
             engine.grammars.get(request.constraints, refer)  # compiled outside the timed passes
     engine.answer(requests[:1], decoding="raw", max_new_tokens=2, batch_size=1)  # warm-up
-    baseline = None
+    calls = []  # (rows, decoding steps) of each generate call
+    generate = model.generate
+
+    def counted(**kwargs):
+        result = generate(**kwargs)
+        calls.append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))
+        return result
+
+    model.generate = counted
+    baseline = first = None
     for attention in args.attention:
         model.set_attn_implementation(attention)
         for batch in args.batch:
-            started = time.perf_counter()
-            replies = engine.answer(requests, decoding=args.decoding, max_new_tokens=max_new, batch_size=batch,
-                                    seed=params.seed)
-            wall = time.perf_counter() - started
-            tokens = sum(r.completion_tokens for r in replies)
-            rate = tokens / wall
-            baseline = baseline or rate
-            valid = sum(r.answer is not None for r in replies)
-            print(f"attention {attention:>5}, batch {batch:3d}: {tokens:6d} tokens in {wall:6.1f} s = "
-                  f"{rate:6.1f} tokens/s ({rate / baseline:.2f}x the first); valid {valid}/{len(replies)}", flush=True)
+            for release in args.release_below:
+                calls.clear()
+                started = time.perf_counter()
+                replies = engine.answer(requests, decoding=args.decoding, max_new_tokens=max_new,
+                                        batch_size=batch, seed=params.seed, release_below=release)
+                wall = time.perf_counter() - started
+                tokens = sum(r.completion_tokens for r in replies)
+                rate = tokens / wall
+                baseline, first = baseline or rate, first or replies
+                valid = sum(r.answer is not None for r in replies)
+                same = sum(a.token_ids == b.token_ids for a, b in zip(replies, first))
+                slots = sum(rows * steps for rows, steps in calls)
+                print(f"attention {attention:>5}, batch {batch:3d}, release_below {release}: {tokens:6d} tokens "
+                      f"in {wall:6.1f} s = {rate:6.1f} tokens/s ({rate / baseline:.2f}x the first); "
+                      f"{len(calls)} generate calls, slot use {tokens / max(slots, 1):.0%}; valid "
+                      f"{valid}/{len(replies)}; identical to the first {same}/{len(replies)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ def generate_student_answers(ctx: RunContext, examples: list[DistillRecord], stu
     if adapter is None or not adapter.exists():
         raise EvaluationError(f"training/student.json: adapter_dir {adapter} does not exist")
     model, tokenizer = load_student(base_path, adapter, device=ctx.params.training.device, precision=cfg.precision)
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=ctx.params.seed)
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=ctx.params.seed,
+                  release_below=cfg.release_below)
     # Untimed warm-up so the first timed batch does not pay for one-off kernel and cache set-up.
     generate_answers(model, tokenizer, [[m.model_dump() for m in examples[0].messages]], max_new_tokens=2,
                      batch_size=1, seed=ctx.params.seed, label="warm-up")

@@ -73,6 +73,17 @@ def _completion_lengths(new_tokens, eos_ids: set[int]) -> list[int]:
     return lengths
 
 
+def answer_complete(tokenizer, ids) -> bool:
+    """True once ``ids`` decode to text holding one whole JSON object (all the scorer reads)."""
+    from fitsense.plan import AnswerParseError, extract_json_text
+
+    try:
+        extract_json_text(tokenizer.decode(ids, skip_special_tokens=True))
+        return True
+    except AnswerParseError:
+        return False
+
+
 class StopWhenAnswerComplete:
     """Stop each row once it has written one complete JSON object.
 
@@ -80,26 +91,60 @@ class StopWhenAnswerComplete:
     (``fitsense.plan.extract_json_text``), so tokens after it cannot change a
     metric; a model that keeps talking after its plan (the base student often
     does) would otherwise run to ``max_new_tokens`` and dominate CPU time.
+    ``heads``: per row, the answer's tokens already written before this call.
     """
 
-    def __init__(self, tokenizer, prompt_length: int):
+    def __init__(self, tokenizer, prompt_length: int, heads: list[list[int]] | None = None):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
+        self.heads = heads
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
-        from fitsense.plan import AnswerParseError, extract_json_text
-
-        done = []
-        for row in input_ids[:, self.prompt_length :]:
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            try:
-                extract_json_text(text)
-                done.append(True)
-            except AnswerParseError:
-                done.append(False)
+        heads = self.heads or [[] for _ in range(input_ids.shape[0])]
+        done = [answer_complete(self.tokenizer, list(head) + row.tolist())
+                for head, row in zip(heads, input_ids[:, self.prompt_length :])]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class ReleaseStragglers:
+    """End the whole call once fewer than ``release_below`` rows are still writing.
+
+    A batch runs for as long as its longest answer; near its end most rows have finished and each
+    step computes a few. When other conversations wait for a batch, the few still writing are better
+    continued in the next batch, beside new rows, from the tokens they have (``generate_answers``).
+    A row stops writing at an end token or at its own budget (``budgets``: tokens it may still add).
+    ``stop_rows``: also stop each row at its budget; not for guided rows, whose grammar rejects the
+    padding a stopped row gets.
+    """
+
+    def __init__(self, prompt_length: int, budgets: list[int], stop_ids: set[int], release_below: int,
+                 stop_rows: bool):
+        import torch
+
+        self.prompt_length, self.release_below, self.stop_rows = prompt_length, release_below, stop_rows
+        self.budgets = torch.tensor(budgets)
+        self.stop_ids = torch.tensor(sorted(stop_ids))
+        self.released = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_length :]
+        budgets = self.budgets.to(input_ids.device)
+        ended = torch.isin(new, self.stop_ids.to(input_ids.device)).any(dim=1) | (new.shape[1] >= budgets)
+        if int((~ended).sum()) < self.release_below:
+            self.released = True
+            return torch.ones_like(ended)
+        return ended if self.stop_rows else torch.zeros_like(ended)
+
+
+@dataclass
+class _Pending:
+    index: int  # the conversation's position
+    head: list[int]  # answer tokens written so far (a given prefix, then what earlier batches wrote)
+    latency_s: float = 0.0  # this answer's share of the batches it has been in
 
 
 def generate_answers(
@@ -113,6 +158,7 @@ def generate_answers(
     label: str = "model",
     grammars: list | None = None,
     prefixes: list[list[int]] | None = None,
+    release_below: int = 0,
 ) -> list[Generation]:
     """Generate one answer per conversation (system + user messages), greedily, in left-padded batches.
 
@@ -121,6 +167,9 @@ def generate_answers(
     ``prefixes`` (guided only: token ids each answer starts with, which its grammar accepts) are
     continued rather than written again; ``max_new_tokens`` still bounds the whole answer, and a
     Generation's text, tokens and ids include its prefix while its latency is the continuation's.
+    ``release_below`` (0: off): while conversations wait, a batch ends once fewer than this many rows
+    still write, and those rows continue in the next batch from their tokens (``ReleaseStragglers``);
+    greedy decoding writes the same tokens either way.
     """
     import torch
     from rich.progress import Progress
@@ -132,45 +181,57 @@ def generate_answers(
         raise ValueError("prefixes are continued under their grammars: pass grammars too")
     eos_ids = stop_token_ids(model, tokenizer)
     device = next(model.parameters()).device
-    out: list[Generation] = []
+    prompts = [tokenizer(tokenizer.apply_chat_template(prompt_messages(c), add_generation_prompt=True,
+                                                       tokenize=False), add_special_tokens=False)["input_ids"]
+               for c in conversations]
+    queue = [_Pending(i, list(prefixes[i]) if prefixes is not None else []) for i in range(len(conversations))]
+    out: list[Generation | None] = [None] * len(conversations)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"generating ({label})", total=len(conversations))
-        for start in range(0, len(conversations), batch_size):
-            batch = conversations[start : start + batch_size]
-            texts = [
-                tokenizer.apply_chat_template(prompt_messages(c), add_generation_prompt=True, tokenize=False)
-                for c in batch
-            ]
-            heads = [[] for _ in batch] if prefixes is None else prefixes[start : start + batch_size]
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + list(h) for t, h in zip(texts, heads)]
+        while queue:
+            batch, queue = queue[:batch_size], queue[batch_size:]
+            ids = [prompts[p.index] + p.head for p in batch]
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
-            budgets = [max_new_tokens - len(h) for h in heads]
-            torch.manual_seed(seed)
-            started = time.perf_counter()
+            width = enc["input_ids"].shape[1]
+            budgets = [max_new_tokens - len(p.head) for p in batch]
+            criteria = []
             if grammars is None:
-                guide = {"stopping_criteria": StoppingCriteriaList(
-                    [StopWhenAnswerComplete(tokenizer, enc["input_ids"].shape[1])])}
+                criteria.append(StopWhenAnswerComplete(tokenizer, width, [p.head for p in batch]))
+                guide = {}
             else:
                 guide = {"logits_processor": LogitsProcessorList(
-                    [grammar_processor(grammars[start : start + batch_size], heads)])}
+                    [grammar_processor([grammars[p.index] for p in batch], [p.head for p in batch])])}
+            # Only a batch with rows to spare releases, so each batch finishes some answers.
+            waiting = bool(queue) and len(batch) > release_below
+            release = ReleaseStragglers(width, budgets, eos_ids, release_below if waiting else 0,
+                                        stop_rows=grammars is None)
+            criteria.append(release)
+            torch.manual_seed(seed)
+            started = time.perf_counter()
             with torch.inference_mode():
                 generated = model.generate(
                     **enc,
                     max_new_tokens=max(budgets),
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList(criteria),
                     **guide,
                 )
-            elapsed = time.perf_counter() - started
-            new_tokens = generated[:, enc["input_ids"].shape[1] :]
-            lengths = _completion_lengths(new_tokens, eos_ids)
-            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-            per_answer = elapsed / len(batch)
-            for row, n, p, head, budget in zip(new_tokens, lengths, prompt_lens, heads, budgets):
-                ids = list(head) + row[: min(n, budget)].tolist()
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-                out.append(Generation(text=text, prompt_tokens=int(p) - len(head), completion_tokens=len(ids),
-                                      latency_s=per_answer, token_ids=ids))
-            progress.advance(task, len(batch))
+            share = (time.perf_counter() - started) / len(batch)
+            new_tokens = generated[:, width:]
+            stragglers = []
+            for p, row, n, budget in zip(batch, new_tokens, _completion_lengths(new_tokens, eos_ids), budgets):
+                written = row[: min(n, budget)].tolist()
+                p.head, p.latency_s = p.head + written, p.latency_s + share
+                ended = bool(written) and written[-1] in eos_ids
+                if release.released and not ended and len(written) < budget and not (
+                        grammars is None and answer_complete(tokenizer, p.head)):
+                    stragglers.append(p)
+                    continue
+                out[p.index] = Generation(text=tokenizer.decode(p.head, skip_special_tokens=True),
+                                          prompt_tokens=len(prompts[p.index]), completion_tokens=len(p.head),
+                                          latency_s=p.latency_s, token_ids=p.head)
+                progress.advance(task)
+            queue = stragglers + queue  # the stragglers join the next batch's new rows
     log.info("%s: %d answers, %d tokens", label, len(out), sum(g.completion_tokens for g in out))
-    return out
+    return out  # type: ignore[return-value]

@@ -224,6 +224,7 @@ class EvaluationConfig(_Section):
     base_max_examples: int | None = Field(default=6, ge=1)  # the base student's kind-balanced subset per split
     max_new_tokens: int = Field(default=768, ge=8)  # teacher answers: median ~340, max ~740 tokens
     batch_size: int = Field(default=12, ge=1)
+    release_below: int = Field(default=3, ge=0)  # a batch hands its last few writing rows to the next; 0: off
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # as training.precision; bf16 generates ~1.7x faster
     disparity_threshold: float = Field(default=0.2, ge=0, le=1)
     student_usd_per_hour: float = Field(default=0.10, ge=0)  # compute price used for cost per 1k answers

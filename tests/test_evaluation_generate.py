@@ -25,3 +25,59 @@ def test_rows_stop_once_their_json_object_closes(tiny_model_dir):
 def test_completion_length_ends_at_first_eos_or_pad():
     new_tokens = torch.tensor([[5, 6, 2, 2, 2], [5, 6, 7, 8, 9], [5, 0, 0, 0, 0]])
     assert _completion_lengths(new_tokens, {2, 0}) == [3, 5, 2]
+
+
+def _eos_after(model, tokenizer, conversations, targets):
+    """Make ``model`` end conversation i's answer with eos as its ``targets[i]``-th token.
+
+    A row is told apart by its real length: prompts are spaced further apart than any target.
+    """
+    from fitsense.evaluation.generate import prompt_messages
+
+    lengths = [len(tokenizer(tokenizer.apply_chat_template(prompt_messages(c), add_generation_prompt=True,
+                                                           tokenize=False), add_special_tokens=False)["input_ids"])
+               for c in conversations]
+    assert all(b - a > max(targets) for a, b in zip(lengths, lengths[1:]))
+    eos, forward = tokenizer.eos_token_id, model.forward
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        for row, real in enumerate(kwargs["attention_mask"].sum(dim=1).tolist()):
+            i = max(j for j, n in enumerate(lengths) if n <= real)
+            if real - lengths[i] >= targets[i] - 1:
+                out.logits[row, -1, :] = float("-inf")
+                out.logits[row, -1, eos] = 0.0
+        return out
+
+    model.forward = patched
+    calls = []
+    generate = model.generate
+
+    def counted(**kwargs):
+        result = generate(**kwargs)
+        calls.append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))  # (rows, steps)
+        return result
+
+    model.generate = counted
+    return calls
+
+
+def test_stragglers_continue_in_the_next_batch_with_the_same_answers(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.evaluation.generate import generate_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    conversations = [[{"role": "user", "content": "a " * (40 * i + 1)}] for i in range(7)]
+    targets = [4, 4, 24, 4, 4, 4, 4]
+    answers, calls = {}, {}
+    for release_below in (0, 2):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        calls[release_below] = _eos_after(model, tok, conversations, targets)
+        answers[release_below] = generate_answers(model, tok, conversations, max_new_tokens=32, batch_size=3,
+                                                  seed=0, release_below=release_below)
+    assert [g.completion_tokens for g in answers[2]] == targets
+    assert [g.token_ids for g in answers[2]] == [g.token_ids for g in answers[0]]
+    assert calls[0] == [(3, 24), (3, 4), (1, 4)]  # the first batch waits 20 steps for one row
+    assert calls[2] == [(3, 4), (3, 4), (3, 16)]  # the long row moves on beside new rows, twice
+    assert sum(r * s for r, s in calls[2]) < sum(r * s for r, s in calls[0])
