@@ -81,3 +81,44 @@ def test_stragglers_continue_in_the_next_batch_with_the_same_answers(tiny_model_
     assert calls[0] == [(3, 24), (3, 4), (1, 4)]  # the first batch waits 20 steps for one row
     assert calls[2] == [(3, 4), (3, 4), (3, 16)]  # the long row moves on beside new rows, twice
     assert sum(r * s for r, s in calls[2]) < sum(r * s for r, s in calls[0])
+
+
+def test_guided_stragglers_continue_under_their_grammars_with_the_same_answers(tiny_model_dir):
+    import json
+
+    import xgrammar as xgr
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.evaluation.generate import generate_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.vocab_size))
+
+    def grammar(schema):
+        return compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(",", ":"))
+
+    short, long = grammar({"type": "boolean"}), grammar({"type": "string", "minLength": 60})
+    conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
+    grammars = [short, short, long, short, short, short, short]
+    calls = {}
+    answers = {}
+    for release_below in (0, 2):
+        calls[release_below] = []
+        generate = model.generate
+
+        def counted(**kwargs):
+            result = generate(**kwargs)
+            calls[release_below].append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))
+            return result
+
+        model.generate = counted
+        answers[release_below] = generate_answers(model, tok, conversations, max_new_tokens=40, batch_size=3,
+                                                  seed=0, grammars=grammars, release_below=release_below)
+        model.generate = generate
+    assert [g.token_ids for g in answers[2]] == [g.token_ids for g in answers[0]]
+    assert all(xgr.GrammarMatcher(g).accept_string(a.text) for g, a in zip(grammars, answers[2]))
+    assert [len(g.token_ids) for g in answers[2]] == [4, 4, 40, 4, 4, 6, 4]
+    assert calls[0] == [(3, 40), (3, 6), (1, 4)]
+    # The long answer moves on twice, then stops at its 40-token budget although its batch could run 40 steps.
+    assert calls[2] == [(3, 4), (3, 4), (3, 32)]
