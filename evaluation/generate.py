@@ -91,21 +91,22 @@ class StopWhenAnswerComplete:
     (``fitsense.plan.extract_json_text``), so tokens after it cannot change a
     metric; a model that keeps talking after its plan (the base student often
     does) would otherwise run to ``max_new_tokens`` and dominate CPU time.
-    ``heads``: per row, the answer's tokens already written before this call.
+    ``heads``: per row, the answer's tokens already written before this call; ``done``: the last verdicts.
     """
 
     def __init__(self, tokenizer, prompt_length: int, heads: list[list[int]] | None = None):
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.heads = heads
+        self.done: list[bool] = []
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         heads = self.heads or [[] for _ in range(input_ids.shape[0])]
-        done = [answer_complete(self.tokenizer, list(head) + row.tolist())
-                for head, row in zip(heads, input_ids[:, self.prompt_length :])]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        self.done = [answer_complete(self.tokenizer, list(head) + row.tolist())
+                     for head, row in zip(heads, input_ids[:, self.prompt_length :])]
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 class ReleaseStragglers:
@@ -116,7 +117,8 @@ class ReleaseStragglers:
     continued in the next batch, beside new rows, from the tokens they have (``generate_answers``).
     A row stops writing at an end token or at its own budget (``budgets``: tokens it may still add);
     the call always ends once no row writes. ``stop_rows``: also stop each row at its budget; not for
-    guided rows, whose grammar rejects the padding a stopped row gets.
+    guided rows, whose grammar rejects the padding a stopped row gets. ``writing``: after a release,
+    per row, whether it was still writing (the stragglers).
     """
 
     def __init__(self, prompt_length: int, budgets: list[int], stop_ids: set[int], release_below: int,
@@ -126,7 +128,7 @@ class ReleaseStragglers:
         self.prompt_length, self.release_below, self.stop_rows = prompt_length, release_below, stop_rows
         self.budgets = torch.tensor(budgets)
         self.stop_ids = torch.tensor(sorted(stop_ids))
-        self.released = False
+        self.writing: list[bool] = []
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -135,7 +137,7 @@ class ReleaseStragglers:
         budgets = self.budgets.to(input_ids.device)
         ended = torch.isin(new, self.stop_ids.to(input_ids.device)).any(dim=1) | (new.shape[1] >= budgets)
         if int((~ended).sum()) < max(self.release_below, 1):  # with none writing, a guided row at its budget ends too
-            self.released = True
+            self.writing = (~ended).tolist()
             return torch.ones_like(ended)
         return ended if self.stop_rows else torch.zeros_like(ended)
 
@@ -195,18 +197,18 @@ def generate_answers(
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
             width = enc["input_ids"].shape[1]
             budgets = [max_new_tokens - len(p.head) for p in batch]
-            criteria = []
+            heads = [p.head for p in batch]
+            complete, guide = None, {}
             if grammars is None:
-                criteria.append(StopWhenAnswerComplete(tokenizer, width, [p.head for p in batch]))
-                guide = {}
+                complete = StopWhenAnswerComplete(tokenizer, width, heads)
             else:
                 guide = {"logits_processor": LogitsProcessorList(
-                    [grammar_processor([grammars[p.index] for p in batch], [p.head for p in batch])])}
+                    [grammar_processor([grammars[p.index] for p in batch], heads)])}
             # Only a batch with rows to spare releases, so each batch finishes some answers.
             waiting = bool(queue) and len(batch) > release_below
             release = ReleaseStragglers(width, budgets, eos_ids, release_below if waiting else 0,
                                         stop_rows=grammars is None)
-            criteria.append(release)
+            criteria = [c for c in (complete, release) if c is not None]
             torch.manual_seed(seed)
             started = time.perf_counter()
             with torch.inference_mode():
@@ -221,12 +223,11 @@ def generate_answers(
             share = (time.perf_counter() - started) / len(batch)
             new_tokens = generated[:, width:]
             stragglers = []
-            for p, row, n, budget in zip(batch, new_tokens, _completion_lengths(new_tokens, eos_ids), budgets):
-                written = row[: min(n, budget)].tolist()
-                p.head, p.latency_s = p.head + written, p.latency_s + share
-                ended = bool(written) and written[-1] in eos_ids
-                if release.released and not ended and len(written) < budget and not (
-                        grammars is None and answer_complete(tokenizer, p.head)):
+            lengths = _completion_lengths(new_tokens, eos_ids)
+            for j, (p, row, n, budget) in enumerate(zip(batch, new_tokens, lengths, budgets)):
+                p.head, p.latency_s = p.head + row[: min(n, budget)].tolist(), p.latency_s + share
+                # A raw row may have completed its JSON on the very step the batch was released.
+                if release.writing and release.writing[j] and not (complete is not None and complete.done[j]):
                     stragglers.append(p)
                     continue
                 out[p.index] = Generation(text=tokenizer.decode(p.head, skip_special_tokens=True),

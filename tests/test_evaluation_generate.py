@@ -50,12 +50,16 @@ def _eos_after(model, tokenizer, conversations, targets):
         return out
 
     model.forward = patched
+
+
+def _count_generate_calls(model) -> list[tuple[int, int]]:
+    """(rows, decoding steps) of each of ``model``'s generate calls from now on."""
     calls = []
     generate = model.generate
 
     def counted(**kwargs):
         result = generate(**kwargs)
-        calls.append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))  # (rows, steps)
+        calls.append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))
         return result
 
     model.generate = counted
@@ -73,7 +77,8 @@ def test_stragglers_continue_in_the_next_batch_with_the_same_answers(tiny_model_
     answers, calls = {}, {}
     for release_below in (0, 2):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-        calls[release_below] = _eos_after(model, tok, conversations, targets)
+        _eos_after(model, tok, conversations, targets)
+        calls[release_below] = _count_generate_calls(model)
         answers[release_below] = generate_answers(model, tok, conversations, max_new_tokens=32, batch_size=3,
                                                   seed=0, release_below=release_below)
     assert [g.completion_tokens for g in answers[2]] == targets
@@ -93,6 +98,7 @@ def test_guided_stragglers_continue_under_their_grammars_with_the_same_answers(t
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    plain_generate = model.generate
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tok, vocab_size=model.config.vocab_size))
 
     def grammar(schema):
@@ -101,21 +107,12 @@ def test_guided_stragglers_continue_under_their_grammars_with_the_same_answers(t
     short, long = grammar({"type": "boolean"}), grammar({"type": "string", "minLength": 60})
     conversations = [[{"role": "user", "content": f"question {i}"}] for i in range(7)]
     grammars = [short, short, long, short, short, short, short]
-    calls = {}
-    answers = {}
+    calls, answers = {}, {}
     for release_below in (0, 2):
-        calls[release_below] = []
-        generate = model.generate
-
-        def counted(**kwargs):
-            result = generate(**kwargs)
-            calls[release_below].append(tuple(result[:, kwargs["input_ids"].shape[1]:].shape))
-            return result
-
-        model.generate = counted
+        model.generate = plain_generate
+        calls[release_below] = _count_generate_calls(model)
         answers[release_below] = generate_answers(model, tok, conversations, max_new_tokens=40, batch_size=3,
                                                   seed=0, grammars=grammars, release_below=release_below)
-        model.generate = generate
     assert [g.token_ids for g in answers[2]] == [g.token_ids for g in answers[0]]
     assert all(xgr.GrammarMatcher(g).accept_string(a.text) for g, a in zip(grammars, answers[2]))
     assert [len(g.token_ids) for g in answers[2]] == [4, 4, 40, 4, 4, 6, 4]
