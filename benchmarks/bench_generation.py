@@ -3,13 +3,15 @@
 Loads a run's student (its trained adapter merged, or the configured base model
 when the run has no training output), takes ``--examples`` test queries (in the
 order evaluation batches them) and answers them with ``CoachInference.answer``
-(raw decoding, the stop-at-complete-JSON criterion) once per attention kernel and
-batch size and ``--release-below`` setting, all in one run so the figures compare. Prints tokens/s,
+(raw decoding, the stop-at-complete-JSON criterion) once per attention kernel,
+batch size, ``--release-below`` and ``--reuse-cache`` setting, all in one run so the figures compare. Prints tokens/s,
 wall time, slot use (answer tokens over rows x decoding steps of the generate calls) and how many
 answers are identical to the first setting's:
 
     python benchmarks/bench_generation.py --run-id default --examples 24 --batch 12 24 --attention sdpa eager
     python benchmarks/bench_generation.py --run-id default --examples 48 --batch 12 --attention sdpa --release-below 0 3
+    python benchmarks/bench_generation.py --run-id default --examples 48 --batch 12 --attention sdpa --release-below 3 \
+        --reuse-cache off on
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--release-below", type=int, nargs="+", default=[0],
                         help="evaluation.release_below settings to compare (0: off)")
+    parser.add_argument("--reuse-cache", nargs="+", choices=["on", "off"], default=["on"],
+                        help="on: shared prompt start read once, unpadded prompts, released rows keep their cache; "
+                             "off: generate() reads each padded batch whole")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
@@ -64,11 +69,12 @@ def main() -> None:
     for attention in args.attention:
         model.set_attn_implementation(attention)
         for batch in args.batch:
-            for release in args.release_below:
+            for release, reuse in ((r, c) for r in args.release_below for c in args.reuse_cache):
                 calls.clear()
                 started = time.perf_counter()
                 replies = engine.answer(requests, decoding=args.decoding, max_new_tokens=max_new,
-                                        batch_size=batch, seed=params.seed, release_below=release)
+                                        batch_size=batch, seed=params.seed, release_below=release,
+                                        reuse_cache=reuse == "on")
                 wall = time.perf_counter() - started
                 tokens = sum(r.completion_tokens for r in replies)
                 rate = tokens / wall
@@ -76,7 +82,8 @@ def main() -> None:
                 valid = sum(r.answer is not None for r in replies)
                 same = sum(a.token_ids == b.token_ids for a, b in zip(replies, first))
                 slots = sum(rows * steps for rows, steps in calls)
-                print(f"attention {attention:>5}, batch {batch:3d}, release_below {release}: {tokens:6d} tokens "
+                print(f"attention {attention:>5}, batch {batch:3d}, release_below {release}, cache reuse {reuse:>3}: "
+                      f"{tokens:6d} tokens "
                       f"in {wall:6.1f} s = {rate:6.1f} tokens/s ({rate / baseline:.2f}x the first); "
                       f"{len(calls)} generate calls, slot use {tokens / max(slots, 1):.0%}; valid "
                       f"{valid}/{len(replies)}; identical to the first {same}/{len(replies)}", flush=True)

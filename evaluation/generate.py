@@ -147,6 +147,7 @@ class _Pending:
     index: int  # the conversation's position
     head: list[int]  # answer tokens written so far (a given prefix, then what earlier batches wrote)
     latency_s: float = 0.0  # this answer's share of the batches it has been in
+    cache: list | None = None  # kv_cache.RowCache: keys and values of the prompt and head, all but the last token
 
 
 def generate_answers(
@@ -161,6 +162,7 @@ def generate_answers(
     grammars: list | None = None,
     prefixes: list[list[int]] | None = None,
     release_below: int = 0,
+    reuse_cache: bool = True,
 ) -> list[Generation]:
     """Generate one answer per conversation (system + user messages), greedily, in left-padded batches.
 
@@ -173,10 +175,14 @@ def generate_answers(
     still write, and those rows continue in the next batch from their tokens (``ReleaseStragglers``):
     the same greedy tokens in exact arithmetic; in floating point, re-reading a row's tokens in a prefill
     can flip a near-tie (45 of 48 answers identical in ``bench_generation.py``).
+    ``reuse_cache`` (``kv_cache``): the shared prompt start is read once, each prompt without padding,
+    and a released row keeps its cache; False: ``generate`` reads each padded batch whole (for comparison).
     """
     import torch
     from rich.progress import Progress
     from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    from fitsense.evaluation.kv_cache import batch_cache, prefill_prefix, prefill_rows, row_caches
 
     if tokenizer.padding_side != "left":
         tokenizer.padding_side = "left"  # decoder-only batching needs the prompts flush right
@@ -189,13 +195,23 @@ def generate_answers(
                for c in conversations]
     queue = [_Pending(i, list(prefixes[i]) if prefixes is not None else []) for i in range(len(conversations))]
     out: list[Generation | None] = [None] * len(conversations)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        shared = prefill_prefix(model, prompts) if prompts and reuse_cache else None
+    prefix_share = (time.perf_counter() - started) / max(len(prompts), 1)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"generating ({label})", total=len(conversations))
         while queue:
             batch, queue = queue[:batch_size], queue[batch_size:]
             ids = [prompts[p.index] + p.head for p in batch]
+            started = time.perf_counter()
+            new_rows = [j for j, p in enumerate(batch) if p.cache is None and reuse_cache]
+            with torch.inference_mode():
+                for j, cache in zip(new_rows, prefill_rows(model, shared, [ids[j] for j in new_rows])):
+                    batch[j].cache, batch[j].latency_s = cache, batch[j].latency_s + prefix_share
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
             width = enc["input_ids"].shape[1]
+            past = batch_cache([p.cache for p in batch], width) if reuse_cache else None
             budgets = [max_new_tokens - len(p.head) for p in batch]
             heads = [p.head for p in batch]
             complete, guide = None, {}
@@ -210,10 +226,10 @@ def generate_answers(
                                         stop_rows=grammars is None)
             criteria = [c for c in (complete, release) if c is not None]
             torch.manual_seed(seed)
-            started = time.perf_counter()
             with torch.inference_mode():
                 generated = model.generate(
                     **enc,
+                    past_key_values=past,
                     max_new_tokens=max(budgets),
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
@@ -228,8 +244,12 @@ def generate_answers(
                 p.head, p.latency_s = p.head + row[: min(n, budget)].tolist(), p.latency_s + share
                 # A raw row may have completed its JSON on the very step the batch was released.
                 if release.writing and release.writing[j] and not (complete is not None and complete.done[j]):
+                    # Its cache goes along: every token it holds but the last, which the next batch feeds.
+                    if past is not None:
+                        p.cache = row_caches(past, [j], [width - len(ids[j])], width + new_tokens.shape[1] - 1)[0]
                     stragglers.append(p)
                     continue
+                p.cache = None
                 out[p.index] = Generation(text=tokenizer.decode(p.head, skip_special_tokens=True),
                                           prompt_tokens=len(prompts[p.index]), completion_tokens=len(p.head),
                                           latency_s=p.latency_s, token_ids=p.head)

@@ -138,10 +138,11 @@ class CoachInference:
 
     def answer(self, requests: list[CoachRequest], *, decoding: Decoding = "guided", max_new_tokens: int = 768,
                batch_size: int = 8, seed: int = 0, label: str | None = None,
-               raw: list[CoachReply] | None = None, release_below: int = 0) -> list[CoachReply]:
+               raw: list[CoachReply] | None = None, release_below: int = 0,
+               reuse_cache: bool = True) -> list[CoachReply]:
         """Answer each request. ``raw``: guided only, this engine's raw replies to the same requests, whose
         grammar-accepted starts the guided answers reuse (the same answers, fewer tokens generated).
-        ``release_below``: see ``generate_answers``."""
+        ``release_below``, ``reuse_cache``: see ``generate_answers``."""
         if decoding not in DECODINGS:
             raise RequestError(f"decoding: {decoding!r} is not one of {', '.join(DECODINGS)}")
         if raw is not None and (decoding != "guided" or len(raw) != len(requests)):
@@ -162,7 +163,8 @@ class CoachInference:
                     reply.error = str(exc)
                     continue
             todo.append(i)
-        generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, release_below=release_below)
+        generate = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, release_below=release_below,
+                        reuse_cache=reuse_cache)
         if raw is not None:
             self._continue_raw(requests, replies, todo, grammars, raw, label=label or decoding, **generate)
         else:

@@ -43,6 +43,8 @@ def _eos_after(model, tokenizer, conversations, targets):
     def patched(*args, **kwargs):
         out = forward(*args, **kwargs)
         for row, real in enumerate(kwargs["attention_mask"].sum(dim=1).tolist()):
+            if real < lengths[0]:
+                continue  # the shared prompt start, read before any row decodes
             i = max(j for j, n in enumerate(lengths) if n <= real)
             if real - lengths[i] >= targets[i] - 1:
                 out.logits[row, -1, :] = float("-inf")
@@ -119,3 +121,58 @@ def test_guided_stragglers_continue_under_their_grammars_with_the_same_answers(t
     assert calls[0] == [(3, 40), (3, 6), (1, 4)]
     # The long answer moves on twice, then stops at its 40-token budget although its batch could run 40 steps.
     assert calls[2] == [(3, 4), (3, 4), (3, 32)]
+
+
+def test_reused_caches_give_the_answers_plain_generation_gives(tiny_model_dir):
+    """Shared prompt start read once, unpadded prompts, released rows keeping their cache: same tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.evaluation.generate import generate_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    conversations = [[{"role": "system", "content": "You are a coach."},
+                      {"role": "user", "content": "squat " * (3 * i + 1) + f"question {i}"}] for i in range(7)]
+    kwargs = dict(max_new_tokens=24, batch_size=3, seed=0)
+    plain = generate_answers(model, tok, conversations, reuse_cache=False, **kwargs)
+    reused = generate_answers(model, tok, conversations, reuse_cache=True, **kwargs)
+    released = generate_answers(model, tok, conversations, reuse_cache=True, release_below=2, **kwargs)
+    one_by_one = generate_answers(model, tok, conversations, reuse_cache=False, **{**kwargs, "batch_size": 1})
+    assert [g.token_ids for g in reused] == [g.token_ids for g in plain] == [g.token_ids for g in one_by_one]
+    assert [g.token_ids for g in released] == [g.token_ids for g in plain]
+    assert all(g.completion_tokens == 24 for g in plain)  # a random model never closes its JSON
+
+
+def test_growing_cache_layer_keeps_every_token_across_regrowth():
+    from fitsense.evaluation.kv_cache import GrowingLayer
+
+    layer = GrowingLayer()
+    chunks = [torch.randn(2, 3, n, 4) for n in (5, 60, 1, 1, 100)]
+    for chunk in chunks:
+        keys, values = layer.update(chunk, -chunk)
+    assert layer.get_seq_length() == 167
+    assert torch.equal(keys, torch.cat(chunks, dim=2)) and torch.equal(values, -torch.cat(chunks, dim=2))
+
+
+def test_a_batch_cache_predicts_what_reading_each_prompt_whole_predicts(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.evaluation.kv_cache import batch_cache, prefill_prefix, prefill_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [tok(f"<|im_start|>system\nCoach.<|im_end|>\n<|im_start|>user\n{'lunge ' * n}", add_special_tokens=False)
+               ["input_ids"] for n in (1, 9, 4)]
+    width = max(map(len, prompts))
+    with torch.inference_mode():
+        shared = prefill_prefix(model, prompts)
+        assert 0 < len(shared.tokens) < len(prompts[0])
+        cache = batch_cache(prefill_rows(model, shared, prompts), width)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        last = torch.tensor([[p[-1]] for p in prompts])
+        positions = torch.tensor([[len(p) - 1] for p in prompts])  # as generate() counts them, pads excluded
+        batched = model(input_ids=last, attention_mask=mask, position_ids=positions,
+                        past_key_values=cache).logits[:, -1]
+        for row, prompt in enumerate(prompts):
+            whole = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+            torch.testing.assert_close(batched[row], whole, atol=1e-5, rtol=1e-4)
