@@ -4,7 +4,7 @@ Loads a run's student (its trained adapter merged, or the configured base model
 when the run has no training output), takes ``--examples`` test queries (in the
 order evaluation batches them) and answers them with ``CoachInference.answer``
 (raw decoding, the stop-at-complete-JSON criterion) once per attention kernel,
-batch size, ``--release-below`` and ``--reuse-cache`` setting, all in one run so the figures compare. Prints tokens/s,
+batch size, ``--release-below``, ``--reuse-cache`` and ``--head`` setting, all in one run so the figures compare. Prints tokens/s,
 wall time, slot use (answer tokens over rows x decoding steps of the generate calls) and how many
 answers are identical to the first setting's:
 
@@ -12,6 +12,8 @@ answers are identical to the first setting's:
     python benchmarks/bench_generation.py --run-id default --examples 48 --batch 12 --attention sdpa --release-below 0 3
     python benchmarks/bench_generation.py --run-id default --examples 48 --batch 12 --attention sdpa --release-below 3 \
         --reuse-cache off on
+    python benchmarks/bench_generation.py --run-id default --examples 24 --batch 12 --attention sdpa --release-below 3 \
+        --head linear row-major
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ def main() -> None:
     parser.add_argument("--reuse-cache", nargs="+", choices=["on", "off"], default=["on"],
                         help="on: shared prompt start read once, unpadded prompts, released rows keep their cache; "
                              "off: generate() reads each padded batch whole")
+    parser.add_argument("--head", nargs="+", choices=["row-major", "linear"], default=["row-major"],
+                        help="row-major: the output projection load_student installs (training/lm_head.py); "
+                             "linear: plain nn.Linear")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
 
+    import torch
+
     from fitsense.config import load_params
+    from fitsense.training.lm_head import RowMajorHead
     from fitsense.evaluation.evaluate import expected_length, student_requests
     from run_student import load_run_student
 
@@ -69,7 +77,9 @@ def main() -> None:
     for attention in args.attention:
         model.set_attn_implementation(attention)
         for batch in args.batch:
-            for release, reuse in ((r, c) for r in args.release_below for c in args.reuse_cache):
+            for release, reuse, head in ((r, c, h) for r in args.release_below for c in args.reuse_cache
+                                         for h in args.head):
+                model.get_output_embeddings().__class__ = RowMajorHead if head == "row-major" else torch.nn.Linear
                 calls.clear()
                 started = time.perf_counter()
                 replies = engine.answer(requests, decoding=args.decoding, max_new_tokens=max_new,
@@ -82,7 +92,8 @@ def main() -> None:
                 valid = sum(r.answer is not None for r in replies)
                 same = sum(a.token_ids == b.token_ids for a, b in zip(replies, first))
                 slots = sum(rows * steps for rows, steps in calls)
-                print(f"attention {attention:>5}, batch {batch:3d}, release_below {release}, cache reuse {reuse:>3}: "
+                print(f"attention {attention:>5}, batch {batch:3d}, release_below {release}, cache reuse {reuse:>3}, "
+                      f"head {head}: "
                       f"{tokens:6d} tokens "
                       f"in {wall:6.1f} s = {rate:6.1f} tokens/s ({rate / baseline:.2f}x the first); "
                       f"{len(calls)} generate calls, slot use {tokens / max(slots, 1):.0%}; valid "

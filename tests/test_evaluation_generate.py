@@ -176,3 +176,21 @@ def test_a_batch_cache_predicts_what_reading_each_prompt_whole_predicts(tiny_mod
         for row, prompt in enumerate(prompts):
             whole = model(input_ids=torch.tensor([prompt])).logits[0, -1]
             torch.testing.assert_close(batched[row], whole, atol=1e-5, rtol=1e-4)
+
+
+def test_the_row_major_head_computes_what_the_linear_head_does(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.training.lm_head import RowMajorHead, use_row_major_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    head = model.get_output_embeddings()
+    hidden = torch.randn(12, 1, head.in_features)
+    with torch.inference_mode():
+        expected = head(hidden)
+        use_row_major_head(model)
+        assert isinstance(model.get_output_embeddings(), RowMajorHead)
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied
+        logits = model.get_output_embeddings()(hidden)
+        torch.testing.assert_close(logits, expected, atol=1e-6, rtol=1e-5)
+        assert logits.is_contiguous()  # a logits processor masks them in place

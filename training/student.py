@@ -179,6 +179,8 @@ def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, d
     import torch
     from transformers import AutoModelForCausalLM
 
+    from fitsense.training.lm_head import use_row_major_head
+
     device = resolve_device(device)
     dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
     tok_dir = adapter_dir if adapter_dir and (Path(adapter_dir) / "tokenizer_config.json").exists() else model_dir
@@ -193,6 +195,7 @@ def load_student(model_dir: str | Path, adapter_dir: str | Path | None = None, d
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device, dtype=dtype)  # the adapter too (PEFT loads it in fp32)
     model.eval()
+    use_row_major_head(model)
     return model, tokenizer
 
 
