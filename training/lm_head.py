@@ -3,9 +3,9 @@
 At a decoding step the output projection multiplies a few hidden states by the
 whole vocabulary matrix (49,152 x 576 for SmolLM2). MKL computes
 ``weight @ hidden.T`` about twice as fast as ``hidden @ weight.T`` (what
-``nn.Linear`` asks for) at these shapes, with the same values up to float rounding
-(bitwise equal in the checks made here; ``tests/test_evaluation_generate.py``). Prefills,
-which project only their last position, and GPUs keep ``nn.Linear``.
+``nn.Linear`` asks for) at these shapes (the head alone, fp32), with the same values
+up to float rounding (``tests/test_evaluation_generate.py``). More than ``FEW_ROWS``
+rows (training batches) and GPUs keep ``nn.Linear``.
 """
 
 from __future__ import annotations
