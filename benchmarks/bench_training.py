@@ -9,6 +9,7 @@ a temporary folder, with a throw-away MLflow store. Use it to size
     python benchmarks/bench_training.py --steps 8 --set training.batch_size=4
     python benchmarks/bench_training.py --set training.base_model=/path/to/model
     python benchmarks/bench_training.py --compare            # each CPU speed-up in turn, ratios in one run
+    python benchmarks/bench_training.py --loss whole answers whole answers   # logits everywhere vs answers only
 
 ``--compare`` runs, one after the other in the same process, the stop-8 CPU
 set-up (fp32, LoRA dropout 0.05, LoRA in all layers, TRL's fused LM-head loss)
@@ -32,22 +33,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-# (label, params overrides, use TRL's own fused-LM-head loss on the CPU)
+# (label, params overrides, loss: "trl" (TRL's fused LM-head loss), "whole" (the model's own loss, logits at
+# every position) or "answers" (completion_loss: logits at answer positions only, the default))
 COMPARE = [
     ("stop-8 set-up: fp32, dropout 0.05, all layers, TRL loss",
-     {"training.precision": "fp32", "training.lora.dropout": "0.05", "training.lora.top_layers": "null"}, True),
+     {"training.precision": "fp32", "training.lora.dropout": "0.05", "training.lora.top_layers": "null"}, "trl"),
     ("+ bf16 autocast", {"training.precision": "bf16", "training.lora.dropout": "0.05",
-                         "training.lora.top_layers": "null"}, True),
+                         "training.lora.top_layers": "null"}, "trl"),
     ("+ the model's own loss", {"training.precision": "bf16", "training.lora.dropout": "0.05",
-                                "training.lora.top_layers": "null"}, False),
+                                "training.lora.top_layers": "null"}, "whole"),
     ("+ LoRA dropout 0", {"training.precision": "bf16", "training.lora.dropout": "0",
-                          "training.lora.top_layers": "null"}, False),
+                          "training.lora.top_layers": "null"}, "whole"),
     ("+ LoRA in the top 15 layers", {"training.precision": "bf16", "training.lora.dropout": "0",
-                                     "training.lora.top_layers": "15"}, False),
+                                     "training.lora.top_layers": "15"}, "whole"),
+    ("+ logits at answer positions only", {"training.precision": "bf16", "training.lora.dropout": "0",
+                                           "training.lora.top_layers": "15"}, "answers"),
 ]
 
 
-def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
+def _whole_sequence_loss(model, inputs, num_items_in_batch=None):
+    return model(**inputs, use_cache=False, num_items_in_batch=num_items_in_batch).loss
+
+
+def run_once(args, extra: dict, loss: str = "answers") -> dict:
     import torch
     from training_factories import (
         write_dataset_stage,  # tests/: a synthetic dataset of the real shape
@@ -58,10 +66,13 @@ def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
     from fitsense.training import train, trainer
     from fitsense.training.student import resolve_base_model
 
-    if trl_loss:
+    original_class, original_loss = trainer._trainer_class, trainer.completion_loss
+    if loss == "trl":
         from trl import SFTTrainer
 
-        original, trainer._trainer_class = trainer._trainer_class, lambda device: SFTTrainer
+        trainer._trainer_class = lambda device: SFTTrainer
+    elif loss == "whole":
+        trainer.completion_loss = _whole_sequence_loss
     try:
         with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
             tmp = Path(tmp)
@@ -88,8 +99,7 @@ def run_once(args, extra: dict, trl_loss: bool = False) -> dict:
             m = json.loads((ctx.stage_dir("training") / "metrics.json").read_text())
             student = json.loads((ctx.stage_dir("training") / "student.json").read_text())
     finally:
-        if trl_loss:
-            trainer._trainer_class = original
+        trainer._trainer_class, trainer.completion_loss = original_class, original_loss
 
     steps = max(m["steps"], 1)
     # tokens_per_s and s_per_step exclude evaluation time; eval is timed separately (base eval).
@@ -114,14 +124,17 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value params override")
     parser.add_argument("--compare", action="store_true", help="the stop-8 CPU set-up, then each speed-up in turn")
+    parser.add_argument("--loss", nargs="+", choices=["answers", "whole", "trl"],
+                        help="run once per loss path, in this order (e.g. whole answers whole answers)")
     args = parser.parse_args()
 
-    if not args.compare:
+    if not args.compare and not args.loss:
         print(json.dumps(run_once(args, {}), indent=2))
         return
+    plan = COMPARE if args.compare else [(f"loss: {name}", {}, name) for name in args.loss]
     rows = []
-    for label, extra, trl_loss in COMPARE:
-        result = run_once(args, extra, trl_loss)
+    for label, extra, loss in plan:
+        result = run_once(args, extra, loss)
         rows.append((label, result))
         print(f"{label}: {result['tokens_per_s']} tokens/s, {result['s_per_step']} s/step", flush=True)
     first = rows[0][1]["tokens_per_s"]

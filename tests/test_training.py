@@ -158,6 +158,55 @@ def test_only_the_assistant_answer_is_in_the_loss(tmp_path, tiny_model_dir):
 
 
 
+def test_the_cpu_loss_skips_prompt_logits_and_equals_the_models_own_loss(tmp_path, tiny_model_dir):
+    """completion_loss computes logits at answer positions only, yet gives the model's own loss and gradient."""
+    import torch
+
+    from fitsense.training.data import to_prompt_completion
+    from fitsense.training.hardware import load_base_for_training
+    from fitsense.training.student import load_tokenizer
+    from fitsense.training.trainer import build_trainer, completion_loss
+
+    params = _params(tmp_path, tiny_model_dir)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows = to_prompt_completion(make_records(3, seed=2), "mem")
+    trainer = build_trainer(params, load_base_for_training(tiny_model_dir, "cpu", "none"), tokenizer, rows, [],
+                            tmp_path / "ckpt", "cpu")
+    model = trainer.model
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    lora = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():  # LoRA B starts at zero: give the adapter a gradient path through A too
+        for p in lora:
+            p.add_(torch.randn_like(p) * 0.02)
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lora]
+
+    kept = {}
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        kept["logits_to_keep"] = kwargs.get("logits_to_keep")
+        return original(*args, **kwargs)
+
+    own, own_grads = loss_and_grads(lambda: model(**batch, use_cache=False).loss)
+    model.forward = spy
+    ours, our_grads = loss_and_grads(lambda: completion_loss(model, batch))
+    model.forward = original
+    n_items = int((batch["labels"][:, 1:] != -100).sum())
+    summed, _ = loss_and_grads(lambda: completion_loss(model, batch, num_items_in_batch=2 * n_items))
+
+    assert torch.allclose(ours, own, rtol=1e-5, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(our_grads, own_grads))
+    assert torch.allclose(summed, own / 2, rtol=1e-5, atol=1e-6)  # a sum over the accumulated batch's tokens
+    first_answer = int((batch["labels"] != -100).any(dim=0).nonzero().min())
+    assert int(kept["logits_to_keep"].min()) == first_answer - 1  # no logits for the prompt before it
+    assert len(kept["logits_to_keep"]) < batch["input_ids"].shape[1]
+
+
 def test_group_by_length_batches_examples_of_similar_length(tmp_path, tiny_model_dir):
     """With training.group_by_length the train batches pad less than random ones, over the same examples."""
     from fitsense.training.data import to_prompt_completion

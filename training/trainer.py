@@ -105,14 +105,38 @@ def _quiet_progress():
     return ProgressCallback, QuietProgress()
 
 
+def completion_loss(model, inputs: dict, num_items_in_batch=None):
+    """The model's causal-LM loss, with logits computed only where a position has a target.
+
+    The same value as the model's own loss (cross-entropy in fp32 of each labelled next token, summed
+    over ``num_items_in_batch`` or averaged), but prompt positions, whose targets are all -100, never
+    reach the LM head: the log-softmax over the 49k-token vocabulary and its gradient were ~40% of a
+    CPU step, and most of a row's tokens are prompt.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t + 1
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
+    kept = targets[:, keep]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), kept.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else (kept != -100).sum()
+    return loss / torch.as_tensor(n, device=loss.device)
+
+
 def _trainer_class(device: str):
     """TRL's ``SFTTrainer``; on the CPU, one that takes the loss from the model's own forward.
 
     TRL computes the loss with a fused, tiled LM head: a Triton kernel on a GPU, but on the CPU a
     loop of fp32 matmuls that took a third of each step. The model's own cross-entropy (with the
     collator's -100 prompt labels, so the same completion-only loss) runs the LM head under bf16
-    autocast: 1.2-1.3x faster steps on 2 cores (``benchmarks/bench_training.py``). TRL's entropy and
-    token-accuracy logs are not computed on that path.
+    autocast: 1.2-1.3x faster steps on 2 cores (``benchmarks/bench_training.py``), and
+    ``completion_loss`` runs it on the answer positions only. TRL's entropy and token-accuracy logs
+    are not computed on that path.
     """
     from transformers import Trainer
     from trl import SFTTrainer
@@ -122,9 +146,11 @@ def _trainer_class(device: str):
 
     class CpuSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            if return_outputs:  # evaluation keeps the model's whole-sequence outputs
+                inputs["use_cache"] = False
+                return Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                            num_items_in_batch=num_items_in_batch)
+            return completion_loss(model, inputs, num_items_in_batch)
 
     return CpuSFTTrainer
 
