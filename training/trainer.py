@@ -108,28 +108,24 @@ def _quiet_progress():
 def completion_loss(model, inputs: dict, num_items_in_batch=None):
     """The model's causal-LM loss, with logits computed only where a position has a target.
 
-    The same value as the model's own loss (cross-entropy in fp32 of each labelled next token, summed
-    over ``num_items_in_batch`` or averaged), but prompt positions, whose targets are all -100, never
-    reach the LM head: the log-softmax over the 49k-token vocabulary and its gradient were ~40% of a
-    CPU step, and most of a row's tokens are prompt.
+    The model's own loss function (transformers' ``ForCausalLMLoss``) on the kept positions' targets,
+    so the same value, but prompt positions, whose targets are all -100, never reach the LM head: the
+    log-softmax over the 49k-token vocabulary and its gradient were ~40% of a CPU step, and most of a
+    row's tokens are prompt.
     """
-    import torch
     import torch.nn.functional as F
+    from transformers.loss.loss_utils import ForCausalLMLoss
 
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # position t predicts token t + 1
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
-    kept = targets[:, keep]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), kept.reshape(-1), ignore_index=-100,
-                           reduction="sum")
-    n = num_items_in_batch if num_items_in_batch is not None else (kept != -100).sum()
-    return loss / torch.as_tensor(n, device=loss.device)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return ForCausalLMLoss(logits, None, logits.shape[-1], num_items_in_batch, shift_labels=targets[:, keep])
 
 
 def _trainer_class(device: str):
-    """TRL's ``SFTTrainer``; on the CPU, one that takes the loss from the model's own forward.
+    """TRL's ``SFTTrainer``; on the CPU, one whose training loss is the model's own (``completion_loss``).
 
     TRL computes the loss with a fused, tiled LM head: a Triton kernel on a GPU, but on the CPU a
     loop of fp32 matmuls that took a third of each step. The model's own cross-entropy (with the
