@@ -103,10 +103,15 @@ class SafetyBlock(_Strict):
     reason: str | None = None
 
 
+# Notes are "; "-joined clauses: what changed, then each pattern the week cannot train and why.
+NOTE_CLAUSE_CHARS = 100
+MAX_NOTE_CLAUSES = 12
+
+
 class CoachAnswer(_Strict):
     plan_name: Name
     days: list[PlanDay] = Field(max_length=7)
-    notes: str = Field(default="", max_length=600)
+    notes: str = Field(default="", max_length=MAX_NOTE_CLAUSES * (NOTE_CLAUSE_CHARS + 2))
     safety: SafetyBlock = Field(default_factory=SafetyBlock)
 
     @model_validator(mode="after")

@@ -8,7 +8,8 @@ compiles into a grammar, so a guided student can only write answers that
 - have exactly ``days_per_week`` days, numbered 1..n, named from the teacher's day vocabulary;
 - have at most ``max_exercises_per_day`` exercises a day, sets/reps/rest within the plan
   schema's ranges and RIR at or above the floor;
-- keep plan name, notes, flags and reason short plain text (no markup, no quotes or braces);
+- keep plan name, notes, flags and reason short plain text (no markup, no quotes or braces), notes
+  at most ``MAX_NOTE_CLAUSES`` clauses of ``NOTE_CLAUSE_CHARS`` (a repeating student must stop);
 - or, when ``referral`` is set (the safety screen fired or the request requires it), are a
   referral: no days, ``referral_required: true`` and a reason.
 
@@ -33,16 +34,16 @@ import re
 from fitsense.catalogue import usable_exercises
 from fitsense.constraints import max_rest_for, session_limit_seconds
 from fitsense.errors import UserError
-from fitsense.plan import DAY_KINDS, PlanDay, PlannedExercise, day_letter
+from fitsense.plan import DAY_KINDS, MAX_NOTE_CLAUSES, NOTE_CLAUSE_CHARS, PlanDay, PlannedExercise, day_letter
 from fitsense.records import QueryConstraints
 
 # Plain-text fields: letters, digits and light punctuation only, so no markup, JSON or code fits.
 _TEXT = r"A-Za-z0-9 ,.;:'()+/%\-"
 PLAN_NAME_PATTERN = r"^[A-Z0-9][A-Za-z0-9 /:\-]{2,59}$"
-# Notes and reason are unbounded in the grammar: xgrammar 0.2.8 compiles a bounded repeat such as {0,599}
-# on its own but fails a grammar check with it inside the plan schema. The plan schema's own length limit
-# still applies when the answer is parsed.
-NOTES_PATTERN = rf"^([A-Z+][{_TEXT}]*)?$"
+# Notes are bounded clause by clause, so a student that starts repeating itself must close them: xgrammar
+# 0.2.8 accepts short bounded repeats in the plan schema but fails a grammar check on one like {0,599}.
+_CLAUSE = rf"[{_TEXT.replace(';', '')}]{{0,{NOTE_CLAUSE_CHARS - 1}}}"
+NOTES_PATTERN = rf"^([A-Z+]{_CLAUSE}(; [A-Za-z+]{_CLAUSE}){{0,{MAX_NOTE_CLAUSES - 1}}})?$"
 REASON_PATTERN = rf"^['A-Z][{_TEXT}]+$"
 FLAG_PATTERN = r"^[a-z][a-z0-9_:]{2,39}$"
 MAX_FLAGS = 4

@@ -80,6 +80,21 @@ def test_the_grammar_holds_each_hard_constraint(compiler):
     assert not accepts(compiler, schema, plan(notes='See {"x": 1}'))
 
 
+def test_notes_are_bounded_so_a_repeating_student_must_close_them(compiler):
+    from fitsense.plan import MAX_NOTE_CLAUSES, NOTE_CLAUSE_CHARS, CoachAnswer
+
+    schema = constrained_plan_schema(constraints())
+    loop = "; ".join(["+2 reps on Bodyweight Squat"] * MAX_NOTE_CLAUSES)
+    assert accepts(compiler, schema, plan(notes=loop))
+    assert not accepts(compiler, schema, plan(notes=loop + "; +2 reps on Bodyweight Squat"))
+    assert accepts(compiler, schema, plan(notes="B" * NOTE_CLAUSE_CHARS))
+    assert not accepts(compiler, schema, plan(notes="B" * (NOTE_CLAUSE_CHARS + 1)))
+    # whatever the grammar admits, the plan schema parses
+    longest = "; ".join(["B" * NOTE_CLAUSE_CHARS] * MAX_NOTE_CLAUSES)
+    assert accepts(compiler, schema, plan(notes=longest))
+    CoachAnswer.model_validate_json(plan(notes=longest))
+
+
 def test_the_referral_branch_has_no_days_and_a_reason(compiler):
     referral = json.dumps({"plan_name": "Pause Training: See a Clinician", "days": [],
                            "notes": "Stop training and get medical clearance.",
