@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -107,6 +109,75 @@ class StopWhenAnswerComplete:
         self.done = [answer_complete(self.tokenizer, list(head) + row.tolist())
                      for head, row in zip(heads, input_ids[:, self.prompt_length :])]
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+_NOTES_OPEN = re.compile(r'"notes"\s*:\s*"')
+_UNESCAPED_QUOTE = re.compile(r'(?<!\\)"')
+
+
+def open_notes(text: str) -> str | None:
+    """The notes written so far when ``text`` ends inside the answer's notes string, else None."""
+    opened = None
+    for opened in _NOTES_OPEN.finditer(text):
+        pass
+    if opened is None:
+        return None
+    notes = text[opened.end():]
+    return None if _UNESCAPED_QUOTE.search(notes) else notes
+
+
+def notes_should_close(notes: str, tokens_left: int, reserve: int) -> bool:
+    """Close the notes when the clause being written repeats an earlier one word for word (the student
+    has started looping: it would repeat it until the token budget runs out), or when only ``reserve``
+    tokens are left to close the answer."""
+    if tokens_left <= reserve:
+        return True
+    *earlier, current = notes.split("; ")
+    return bool(current) and current in earlier
+
+
+@functools.lru_cache(maxsize=4)
+def _quote_tokens(tokenizer) -> tuple[bool, ...]:
+    """Per token id, whether the token's text begins with a double quote."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return tuple(piece is not None and piece.startswith('"') for piece in pieces)
+
+
+class CloseRunawayNotes:
+    """A logits processor that ends a row's notes string when ``notes_should_close`` says so.
+
+    It keeps only the tokens that begin with a closing quote, and only when one of them is still
+    possible (after a grammar's own processor, a guided row closes where its grammar allows). The
+    answer then ends as any other: the rest of the JSON, then the end-of-turn token.
+    ``heads``: per row, answer tokens written before this call; ``budgets``: per row, tokens it may add.
+    """
+
+    def __init__(self, tokenizer, prompt_length: int, heads: list[list[int]], budgets: list[int],
+                 stop_ids: set[int], reserve: int = 48):
+        self.tokenizer, self.prompt_length, self.heads, self.budgets = tokenizer, prompt_length, heads, budgets
+        self.stop_ids, self.reserve = stop_ids, reserve
+
+    def _quote_mask(self, vocab: int, device):
+        import torch
+
+        starts = _quote_tokens(self.tokenizer)
+        return torch.tensor(list(starts[:vocab]) + [False] * (vocab - len(starts)), device=device)
+
+    def __call__(self, input_ids, scores):
+        new = input_ids[:, self.prompt_length :]
+        quotes = None
+        for row, (head, tokens, budget) in enumerate(zip(self.heads, new.tolist(), self.budgets)):
+            if self.stop_ids.intersection(tokens):
+                continue  # this row has ended; the rest is padding
+            notes = open_notes(self.tokenizer.decode(list(head) + tokens, skip_special_tokens=True))
+            if notes is None or not notes_should_close(notes, budget - len(tokens), self.reserve):
+                continue
+            if quotes is None:
+                quotes = self._quote_mask(scores.shape[1], scores.device)
+            closing = scores[row].masked_fill(~quotes, float("-inf"))
+            if closing.isfinite().any():
+                scores[row] = closing
+        return scores
 
 
 class ReleaseStragglers:
@@ -214,12 +285,11 @@ def generate_answers(
             past = batch_cache([p.cache for p in batch], width) if reuse_cache else None
             budgets = [max_new_tokens - len(p.head) for p in batch]
             heads = [p.head for p in batch]
-            complete, guide = None, {}
+            processors, complete = [CloseRunawayNotes(tokenizer, width, heads, budgets, eos_ids)], None
             if grammars is None:
                 complete = StopWhenAnswerComplete(tokenizer, width, heads)
-            else:
-                guide = {"logits_processor": LogitsProcessorList(
-                    [grammar_processor([grammars[p.index] for p in batch], heads)])}
+            else:  # the grammar's mask comes first: notes close only where the grammar allows
+                processors.insert(0, grammar_processor([grammars[p.index] for p in batch], heads))
             # Only a batch with rows to spare releases, so each batch finishes some answers.
             waiting = bool(queue) and len(batch) > release_below
             release = ReleaseStragglers(width, budgets, eos_ids, release_below if waiting else 0,
@@ -234,7 +304,7 @@ def generate_answers(
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                     stopping_criteria=StoppingCriteriaList(criteria),
-                    **guide,
+                    logits_processor=LogitsProcessorList(processors),
                 )
             share = (time.perf_counter() - started) / len(batch)
             new_tokens = generated[:, width:]

@@ -194,3 +194,63 @@ def test_the_row_major_head_computes_what_the_linear_head_does(tiny_model_dir):
         logits = model.get_output_embeddings()(hidden)
         torch.testing.assert_close(logits, expected, atol=1e-6, rtol=1e-5)
         assert logits.is_contiguous()  # a logits processor masks them in place
+
+
+def test_open_notes_and_when_they_close():
+    from fitsense.evaluation.generate import notes_should_close, open_notes
+
+    assert open_notes('{"plan_name": "A", "notes": "Add a rep; Keep') == "Add a rep; Keep"
+    assert open_notes('{"plan_name": "A", "notes": "Add a rep", "safety": {') is None
+    assert open_notes('{"plan_name": "A", "notes": "say \\"hi') == 'say \\"hi'  # an escaped quote stays inside
+    assert open_notes('{"plan_name": "A", "days": [') is None
+    assert notes_should_close("Add a rep; Rest more; Add a rep", tokens_left=300, reserve=48)
+    assert not notes_should_close("Add a rep; Rest more; Add a", tokens_left=300, reserve=48)
+    assert not notes_should_close("Add a rep; Rest more; ", tokens_left=300, reserve=48)
+    assert notes_should_close("Add a rep", tokens_left=48, reserve=48)
+
+
+def _looping(model, tokenizer, start: str, clause: str, close: str):
+    """Make ``model`` write ``start``, then ``clause`` over and over, with the token ``close`` as every
+    step's runner-up, and end its turn once it has written ``close``."""
+    first, cycle = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (start, clause))
+    nxt = dict(zip(first, first[1:] + cycle[:1])) | dict(zip(cycle, cycle[1:] + cycle[:1]))
+    [closing] = tokenizer(close, add_special_tokens=False)["input_ids"]
+    forward = model.forward
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        for row, last in enumerate(kwargs["input_ids"][:, -1].tolist()):
+            out.logits[row, -1, :] = float("-inf")
+            out.logits[row, -1, closing] = 1.0
+            out.logits[row, -1, nxt.get(last, first[0])] = 2.0
+            if last == closing:
+                out.logits[row, -1, tokenizer.eos_token_id] = 3.0
+        return out
+
+    model.forward = patched
+
+
+def test_a_looping_student_closes_its_notes_and_its_answer(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from fitsense.evaluation.generate import generate_answers
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    _looping(model, tok, '{"notes": "Add one rep;', " Add one rep;", '"}')
+    [answer] = generate_answers(model, tok, [[{"role": "user", "content": "plan"}]], max_new_tokens=120,
+                                batch_size=1, seed=0)
+    assert answer.text == '{"notes": "Add one rep; Add one rep"}'
+
+
+def test_notes_close_only_where_an_earlier_mask_allows_a_quote(tiny_model_dir):
+    from fitsense.evaluation.generate import CloseRunawayNotes
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok('{"notes": "Add a rep; Add a rep', add_special_tokens=False)["input_ids"]
+    close = CloseRunawayNotes(tok, prompt_length=0, heads=[[]], budgets=[300], stop_ids={tok.eos_token_id})
+    quotes = torch.tensor([p.startswith('"') for p in tok.convert_ids_to_tokens(list(range(len(tok))))])
+    scores = close(torch.tensor([ids]), torch.zeros(1, len(tok)))
+    assert scores[0].isfinite().tolist() == quotes.tolist()
+    grammar_says_no = torch.zeros(1, len(tok)).masked_fill(quotes, float("-inf"))
+    assert torch.equal(close(torch.tensor([ids]), grammar_says_no.clone()), grammar_says_no)
