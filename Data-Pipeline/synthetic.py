@@ -1,9 +1,11 @@
 """Synthetic data stage: users, profiles, plans, logged workouts and daily logs.
 
 One Parquet file per table of ``database/schema.sql`` (same table and column
-names). Everything is drawn from one numpy Generator seeded by ``params.seed``
-and dated relative to ``synthetic.anchor_date``, so the same params give
-byte-identical files. Attributes are drawn jointly, not independently:
+names). Users are drawn ``CHUNK_USERS`` at a time, each chunk from its own numpy
+Generator seeded by ``params.seed`` and the chunk number, and streamed to the
+files, so memory follows the chunk, not the run; surrogate ids continue across
+chunks. Everything is dated relative to ``synthetic.anchor_date``, so the same
+params give byte-identical files. Attributes are drawn jointly, not independently:
 activity falls with age, BMI falls with activity, experience follows
 activity, equipment follows experience, conditions rise with age and BMI,
 injuries with age and experience, goals follow BMI, age and experience.
@@ -14,8 +16,10 @@ regress per user; daily calories balance the body-weight trend of the goal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +43,8 @@ from fitsense.runs import RunContext, atomic_path, write_manifest
 log = logging.getLogger(__name__)
 
 STAGE = "synthetic"
+# Users generated and written at a time (~40 KB each while a chunk is in memory).
+CHUNK_USERS = 25_000
 CONDITION_NAMES = tuple(CONDITIONS)
 SEVERITIES = ("mild", "moderate", "severe")
 INJURY_STATUSES = ("active", "recovering", "resolved")
@@ -177,12 +183,44 @@ def _unbits(code: int, names: tuple[str, ...]) -> list[str]:
     return [name for i, name in enumerate(names) if code >> i & 1]
 
 
+def _ids(before: dict[str, int], table: str, count: int) -> np.ndarray:
+    """The next ``count`` surrogate ids of ``table``, after the rows earlier chunks wrote."""
+    first = before.get(table, 0) + 1
+    return np.arange(first, first + count, dtype=np.int64)
+
+
+def generate_chunks(seed: int, n_users: int, anchor: np.datetime64, weeks: int) -> Iterator[dict[str, pa.Table]]:
+    """The tables of ``CHUNK_USERS`` users at a time, keyed by SQL table name (parents first).
+
+    The catalogue tables come with the first chunk only. Chunk 0 draws from stream
+    ``[seed, 1]`` (the query stage uses stream 2), the stream a single-chunk run always
+    had, so a run of at most ``CHUNK_USERS`` users keeps its bytes; chunk k draws from ``[seed, 1, k]``.
+    """
+    before: dict[str, int] = {}
+    for chunk, first in enumerate(range(0, n_users, CHUNK_USERS)):
+        rng = np.random.default_rng([seed, 1] if chunk == 0 else [seed, 1, chunk])
+        n = min(CHUNK_USERS, n_users - first)
+        if n_users > CHUNK_USERS:
+            log.info("synthetic: users %d-%d of %d", first + 1, first + n, n_users)
+        tables = _chunk_tables(rng, n, before, anchor, weeks, catalogue=chunk == 0)
+        for name, table in tables.items():
+            before[name] = before.get(name, 0) + table.num_rows
+        yield tables
+        del tables  # the consumer holds the only reference: the chunk is freed before the next one is drawn
+
+
 def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) -> dict[str, pa.Table]:
-    """All tables as Arrow tables, keyed by SQL table name (parents first)."""
-    rng = np.random.default_rng([seed, 1])  # stream 1: synthetic data (the query stage uses stream 2)
-    u = _draw_users(rng, n_users)
-    n = u.n
-    user_id = np.arange(1, n + 1, dtype=np.int64)
+    """All tables in memory, keyed by SQL table name (parents first); the stage streams the chunks instead."""
+    chunks = list(generate_chunks(seed, n_users, anchor, weeks))
+    if len(chunks) == 1:
+        return chunks[0]
+    return {name: pa.concat_tables([c[name] for c in chunks if name in c]) for name in chunks[0]}
+
+
+def _chunk_tables(rng: np.random.Generator, n: int, before: dict[str, int], anchor: np.datetime64, weeks: int,
+                  catalogue: bool) -> dict[str, pa.Table]:
+    u = _draw_users(rng, n)
+    user_id = _ids(before, "users", n)
     start = anchor - np.timedelta64(7 * weeks, "D")  # first day of the logged history
     tables: dict[str, pa.Table] = {}
 
@@ -207,7 +245,7 @@ def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) 
     _, g_pos = _ragged(np.zeros(n), u.n_goals)
     g_code = u.goal_rank[np.repeat(np.arange(n), u.n_goals), g_pos]
     tables["goals"] = pa.table({
-        "goal_id": np.arange(1, len(g_user) + 1, dtype=np.int64),
+        "goal_id": _ids(before, "goals", len(g_user)),
         "user_id": g_user,
         "goal": _strings(GOALS, g_code),
         "priority": g_pos + 1,
@@ -218,7 +256,7 @@ def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) 
     pregnant = np.asarray(CONDITION_NAMES)[c_code] == "pregnancy"
     diag_days = np.where(pregnant, rng.integers(14, 200, len(c_row)), rng.integers(30, 3650, len(c_row)))
     tables["medical_conditions"] = pa.table({
-        "condition_id": np.arange(1, len(c_row) + 1, dtype=np.int64),
+        "condition_id": _ids(before, "medical_conditions", len(c_row)),
         "user_id": user_id[c_row],
         "condition": _strings(CONDITION_NAMES, c_code),
         "severity": _strings(SEVERITIES, np.where(pregnant, 0, sev)),
@@ -237,7 +275,7 @@ def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) 
     occurred = np.choose(i_status, [rng.integers(3, 60, len(i_row)), rng.integers(30, 180, len(i_row)),
                                     rng.integers(180, 1500, len(i_row))])
     tables["injuries"] = pa.table({
-        "injury_id": np.arange(1, len(i_row) + 1, dtype=np.int64),
+        "injury_id": _ids(before, "injuries", len(i_row)),
         "user_id": user_id[i_row],
         "site": _strings(INJURY_SITES, i_site),
         "status": _strings(INJURY_STATUSES, i_status),
@@ -254,23 +292,37 @@ def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) 
                             np.full(len(vit_d), None, dtype=object)])
     order = np.argsort(m_user, kind="stable")
     tables["medications"] = pa.table({
-        "medication_id": np.arange(1, len(m_user) + 1, dtype=np.int64),
+        "medication_id": _ids(before, "medications", len(m_user)),
         "user_id": m_user[order],
         "name": pa.array(m_name[order], type=pa.string()),
         "for_condition": pa.array(m_for[order], type=pa.string()),
     })
 
+    if catalogue:
+        tables["equipment"] = _equipment_table()
+    ue_row, ue_eq = np.nonzero(u.equip)
+    tables["user_equipment"] = pa.table({"user_id": user_id[ue_row], "equipment_id": ue_eq + 1})
+    if catalogue:
+        tables.update(_exercise_tables())
+
+    ex_id = {e.name: i + 1 for i, e in enumerate(CATALOGUE)}
+    tables.update(_plans_and_workouts(rng, u, user_id, before, i_row, i_site, i_status, ex_id, start, anchor, weeks))
+    return tables
+
+
+def _equipment_table() -> pa.Table:
     tier_of = {e: planning.equipment_tier([e]) for e in EQUIPMENT}
-    tables["equipment"] = pa.table({
+    return pa.table({
         "equipment_id": np.arange(1, len(EQUIPMENT) + 1, dtype=np.int64),
         "name": pa.array(list(EQUIPMENT)),
         "tier": pa.array([tier_of[e] for e in EQUIPMENT]),
     })
-    ue_row, ue_eq = np.nonzero(u.equip)
-    tables["user_equipment"] = pa.table({"user_id": user_id[ue_row], "equipment_id": ue_eq + 1})
 
+
+def _exercise_tables() -> dict[str, pa.Table]:
     ex_id = {e.name: i + 1 for i, e in enumerate(CATALOGUE)}
     eq_id = {e: i + 1 for i, e in enumerate(EQUIPMENT)}
+    tables = {}
     tables["exercises"] = pa.table({
         "exercise_id": np.arange(1, len(CATALOGUE) + 1, dtype=np.int64),
         "name": pa.array([e.name for e in CATALOGUE]),
@@ -288,12 +340,10 @@ def generate_tables(seed: int, n_users: int, anchor: np.datetime64, weeks: int) 
         "exercise_id": np.array([a for a, _ in tags], dtype=np.int64),
         "tag": pa.array([t for _, t in tags]),
     })
-
-    tables.update(_plans_and_workouts(rng, u, user_id, i_row, i_site, i_status, ex_id, start, anchor, weeks))
     return tables
 
 
-def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id, start, anchor, weeks):
+def _plans_and_workouts(rng, u: _Users, user_id, before, i_row, i_site, i_status, ex_id, start, anchor, weeks):
     n = u.n
     # --- one plan per user from the rule-based planner, under the user's own constraints
     live = i_status < 2  # active or recovering injuries are avoided; resolved ones are not
@@ -346,7 +396,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     # plan days: the template's days, per user
     pd_src, _ = _ragged(td_start[tid], td_len[tid])
     pd_user = np.repeat(np.arange(n), td_len[tid])
-    pd_id = np.arange(1, len(pd_src) + 1, dtype=np.int64)
+    pd_id = _ids(before, "plan_days", len(pd_src))
     out["plan_days"] = pa.table({
         "plan_day_id": pd_id,
         "plan_id": user_id[pd_user],
@@ -355,7 +405,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     })
     pe_src, pe_pos = _ragged(te_start[pd_src], te_len[pd_src])
     pe_day = np.repeat(np.arange(len(pd_src)), te_len[pd_src])
-    pe_id = np.arange(1, len(pe_src) + 1, dtype=np.int64)
+    pe_id = _ids(before, "plan_exercises", len(pe_src))
     out["plan_exercises"] = pa.table({
         "plan_exercise_id": pe_id,
         "plan_day_id": pd_id[pe_day],
@@ -366,7 +416,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     ps_pe = np.repeat(np.arange(len(pe_src)), te_sets[pe_src])
     ps_src = pe_src[ps_pe]
     out["plan_sets"] = pa.table({
-        "plan_set_id": np.arange(1, len(ps_src) + 1, dtype=np.int64),
+        "plan_set_id": _ids(before, "plan_sets", len(ps_src)),
         "plan_exercise_id": pe_id[ps_pe],
         "set_number": ps_pos + 1,
         "target_reps": te_reps[ps_src],
@@ -387,7 +437,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     order = np.lexsort((w_date, w_user))
     w_day, w_week, w_user, w_date = w_day[order], w_week[order], w_user[order], w_date[order]
     n_w = len(w_day)
-    w_id = np.arange(1, n_w + 1, dtype=np.int64)
+    w_id = _ids(before, "workouts", n_w)
     duration = np.rint(td_minutes[pd_src[w_day]] + 5 + rng.normal(0, 4, n_w)).clip(5, 300).astype(np.int64)
     out["workouts"] = pa.table({
         "workout_id": w_id,
@@ -399,7 +449,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     pe_first = np.cumsum(te_len[pd_src]) - te_len[pd_src]  # first plan_exercise row of each plan day row
     we_pe, we_pos = _ragged(pe_first[w_day], te_len[pd_src[w_day]])
     we_w = np.repeat(np.arange(n_w), te_len[pd_src[w_day]])
-    we_id = np.arange(1, len(we_pe) + 1, dtype=np.int64)
+    we_id = _ids(before, "workout_exercises", len(we_pe))
     out["workout_exercises"] = pa.table({
         "workout_exercise_id": we_id,
         "workout_id": w_id[we_w],
@@ -433,7 +483,7 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
                    + rng.normal(0, 0.5, len(ws_pe))).clip(1, 60).astype(np.int64)
     rir = np.rint(te_rir[pe_src[ws_pe]] + rng.normal(0, 0.45, len(ws_pe))).clip(0, 10).astype(np.int64)
     out["workout_sets"] = pa.table({
-        "workout_set_id": np.arange(1, len(ws_pe) + 1, dtype=np.int64),
+        "workout_set_id": _ids(before, "workout_sets", len(ws_pe)),
         "workout_exercise_id": we_id[ws_we],
         "set_number": ws_pos + 1,
         "reps": reps,
@@ -465,15 +515,27 @@ def _plans_and_workouts(rng, u: _Users, user_id, i_row, i_site, i_status, ex_id,
     return out
 
 
-def write_tables(tables: dict[str, pa.Table], out_dir) -> dict[str, str]:
-    """One Parquet per table, written atomically and deterministically (no pandas metadata)."""
-    paths = {}
-    for name, table in tables.items():
-        path = out_dir / f"{name}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
-        paths[name] = str(path)
-    return paths
+def write_tables(chunks: Iterable[dict[str, pa.Table]], out_dir) -> tuple[dict[str, str], dict[str, int], float]:
+    """Stream each table to its Parquet file, a row group or more per chunk, deterministically (no pandas
+    metadata); every file is renamed into place only once all are written. Returns the paths, the rows
+    per table and the seconds spent writing."""
+    paths: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    writers: dict[str, pq.ParquetWriter] = {}
+    write_s = 0.0
+    with contextlib.ExitStack() as files:  # closes the writers, then renames (or on error removes) the files
+        for tables in chunks:
+            started = time.perf_counter()
+            for name, table in tables.items():
+                if name not in writers:
+                    paths[name], rows[name] = str(out_dir / f"{name}.parquet"), 0
+                    tmp = files.enter_context(atomic_path(paths[name]))
+                    writers[name] = files.enter_context(pq.ParquetWriter(tmp, table.schema, compression="zstd"))
+                writers[name].write_table(table, row_group_size=1 << 20)
+                rows[name] += table.num_rows
+            del tables  # let the chunk go before the next one is drawn
+            write_s += time.perf_counter() - started
+    return paths, rows, write_s
 
 
 def generate_synthetic_data(ctx: RunContext) -> dict:
@@ -481,13 +543,11 @@ def generate_synthetic_data(ctx: RunContext) -> dict:
     cfg = ctx.params.synthetic
     started = time.perf_counter()
     anchor = np.datetime64(cfg.anchor_date.isoformat(), "D")
-    tables = generate_tables(ctx.params.seed, cfg.n_users, anchor, cfg.history_weeks)
-    generated = time.perf_counter() - started
-    log.info("synthetic: writing %d tables (%d rows)", len(tables), sum(t.num_rows for t in tables.values()))
-    paths = write_tables(tables, ctx.stage_dir(STAGE))
-    rows = {name: t.num_rows for name, t in tables.items()}
+    chunks = generate_chunks(ctx.params.seed, cfg.n_users, anchor, cfg.history_weeks)
+    paths, rows, write_s = write_tables(chunks, ctx.stage_dir(STAGE))
     wall = time.perf_counter() - started
-    log.info("synthetic: %d users, %d workout sets in %.1fs", cfg.n_users, rows["workout_sets"], wall)
+    log.info("synthetic: %d users, %d tables (%d rows), %d workout sets in %.1fs", cfg.n_users, len(rows),
+             sum(rows.values()), rows["workout_sets"], wall)
     write_manifest(ctx, STAGE, paths, rows=rows,
                    extra={"n_users": cfg.n_users, "anchor_date": cfg.anchor_date.isoformat()})
-    return {"users": cfg.n_users, "rows": rows, "generate_s": round(generated, 2), "wall_s": round(wall, 2)}
+    return {"users": cfg.n_users, "rows": rows, "generate_s": round(wall - write_s, 2), "wall_s": round(wall, 2)}

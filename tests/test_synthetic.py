@@ -1,4 +1,5 @@
-"""Synthetic data: deterministic bytes, schema-exact tables, realistic joint distributions, valid plans."""
+"""Synthetic data: deterministic bytes, schema-exact tables, realistic joint distributions, valid plans, chunks
+that continue ids and keys."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fitsense.catalogue import BY_NAME
+from fitsense.catalogue import BY_NAME, EQUIPMENT
 from fitsense.config import load_params
 from fitsense.constraints import check_answer
+from fitsense.data import synthetic
 from fitsense.data.queries import _World, age_band, constraints_for
-from fitsense.data.sqlstore import schema_statements, schema_tables
+from fitsense.data.sqlstore import load_run_into_database, schema_statements, schema_tables
 from fitsense.data.synthetic import generate_synthetic_data, generate_tables
 from fitsense.plan import CoachAnswer
 from fitsense.records import QueryConstraints
@@ -181,3 +183,61 @@ def test_plans_never_use_avoided_exercises_at_scale(world):
     live = world["injuries"].query("status != 'resolved'")[["user_id", "site"]].rename(columns={"site": "tag"})
     hits = pe.rename(columns={"plan_id": "user_id"}).merge(live, on=["user_id", "tag"])
     assert hits.empty
+
+
+ID_COLUMNS = {"users": "user_id", "goals": "goal_id", "medical_conditions": "condition_id", "injuries": "injury_id",
+              "medications": "medication_id", "workout_plans": "plan_id", "plan_days": "plan_day_id",
+              "plan_exercises": "plan_exercise_id", "plan_sets": "plan_set_id", "workouts": "workout_id",
+              "workout_exercises": "workout_exercise_id", "workout_sets": "workout_set_id"}
+ANCHOR = np.datetime64("2026-01-05")
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(synthetic, "CHUNK_USERS", 50)
+
+
+def test_chunks_continue_ids_and_keep_keys_valid(small_chunks, tmp_path):
+    ctx = _run(tmp_path / "a", n_users=130)
+    folder = ctx.stage_dir("synthetic")
+    tables = {t: pq.read_table(folder / f"{t}.parquet") for t in schema_tables()}
+    for table, column in ID_COLUMNS.items():  # surrogate ids run on from one chunk to the next
+        ids = tables[table][column].to_numpy()
+        assert (ids == np.arange(1, len(ids) + 1)).all(), table
+    assert tables["users"].num_rows == 130
+    assert pq.ParquetFile(folder / "users.parquet").metadata.num_row_groups == 3  # one per chunk
+    assert tables["equipment"].num_rows == len(EQUIPMENT) and tables["exercises"].num_rows == len(BY_NAME)
+    # every key resolves (SQLite with foreign keys on), and each workout is a day of its own user's plan
+    load_run_into_database(ctx)
+    plans, days, w = (tables[t].to_pandas() for t in ("workout_plans", "plan_days", "workouts"))
+    owner = w.merge(days, on="plan_day_id").merge(plans, on="plan_id", suffixes=("", "_plan"))
+    assert len(owner) == len(w) and (owner["user_id"] == owner["user_id_plan"]).all()
+    # each later chunk draws from its own stream, and a run is still a function of its params
+    prof = tables["profiles"].to_pandas()
+    assert not np.array_equal(prof["height_cm"][:30], prof["height_cm"][50:80])
+    assert _hashes(ctx) == _hashes(_run(tmp_path / "b", n_users=130))
+    manifest = ctx.manifest("synthetic")
+    assert manifest["rows"] == {t: tables[t].num_rows for t in manifest["rows"]}
+
+
+def test_first_chunk_is_the_one_shot_run(small_chunks):
+    one_shot = generate_tables(5, 50, ANCHOR, 4)
+    chunked = generate_tables(5, 51, ANCHOR, 4)  # a second chunk of one user
+    for name, table in one_shot.items():
+        assert chunked[name].slice(0, table.num_rows).equals(table), name
+    assert chunked["users"].num_rows == 51
+    assert chunked["workout_plans"]["plan_id"].to_pylist()[-1] == 51
+
+
+def test_a_failed_chunk_leaves_no_table_file(small_chunks, tmp_path, monkeypatch):
+    draw = synthetic._chunk_tables
+
+    def fail_on_third_chunk(rng, n, before, *args, **kwargs):
+        if before.get("users", 0) >= 100:
+            raise RuntimeError("killed")
+        return draw(rng, n, before, *args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_chunk_tables", fail_on_third_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(tmp_path, n_users=130)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and "synthetic" in p.parts]
