@@ -160,7 +160,7 @@ def strata_labels(cands: list[Candidate], stratify_by: list[str]) -> list[str]:
 
 def _one_fold(labels: np.ndarray, groups: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Boolean mask of one StratifiedGroupKFold fold holding about ``share`` of the rows."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from fitsense.data.splitting import StratifiedGroupFolds
 
     n_splits = max(2, int(round(1.0 / share)))
     n_groups = len(np.unique(groups))
@@ -169,7 +169,7 @@ def _one_fold(labels: np.ndarray, groups: np.ndarray, share: float, seed: int) -
             f"cannot split {n_groups} users into folds of {share:.0%}: need at least {n_splits} users "
             f"(raise synthetic.n_users / queries.n_queries or change dataset.splits)"
         )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    splitter = StratifiedGroupFolds(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         _, fold = next(iter(splitter.split(np.zeros(len(labels)), labels, groups)))

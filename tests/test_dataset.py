@@ -176,3 +176,20 @@ def test_query_with_a_bad_field_names_file_and_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"queries\.jsonl:8: invalid record: kind"):
         build_distillation_dataset(ctx)
+
+
+@pytest.mark.parametrize("n_splits", [2, 9, 10])
+def test_vectorised_fold_search_picks_the_folds_scikit_learn_picks(n_splits):
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from fitsense.data.splitting import StratifiedGroupFolds
+
+    rng = np.random.default_rng(n_splits)
+    groups = rng.integers(0, 1500, 4000)  # users with 1-8 examples, uneven strata as in a real build
+    labels = rng.choice([f"k{i}" for i in range(8)], 4000, p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.08, 0.05, 0.02])
+    for seed in (0, 42):
+        ours = StratifiedGroupFolds(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels, groups)
+        theirs = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels, groups)
+        for (_, a), (_, b) in zip(ours, theirs, strict=True):
+            assert np.array_equal(a, b)
