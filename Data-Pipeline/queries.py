@@ -26,6 +26,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import TypeAdapter, ValidationError
 
@@ -85,21 +87,40 @@ def constraints_for(experience: str, conditions: list[str], injuries: list[dict]
     }
 
 
+def selection(key: str, ids) -> pc.Expression:
+    """A Parquet filter for the rows whose ``key`` is one of ``ids``, with their range, by which a reader
+    skips the row groups outside it (their min/max statistics) before it tests membership row by row."""
+    ids = np.asarray(ids, dtype=np.int64)
+    member = pc.field(key).isin(pa.array(ids))
+    if len(ids) == 0:
+        return member
+    return (pc.field(key) >= int(ids.min())) & (pc.field(key) <= int(ids.max())) & member
+
+
 class _World:
     """The synthetic tables a query needs, indexed by user, as plain data (the records' JSON fields)."""
 
     def __init__(self, ctx: RunContext):
-        src = ctx.require("synthetic", "manifest.json").parent
+        self.src = ctx.require("synthetic", "manifest.json").parent
         self.anchor = ctx.params.synthetic.anchor_date
-        self.read = lambda t, **kw: pq.read_table(src / f"{t}.parquet", **kw).to_pandas()
         self.all_users = self.read("profiles", columns=["user_id"])["user_id"].to_numpy()
         self.exercise_names = self.read("exercises").set_index("exercise_id")["name"]
+
+    def read(self, table: str, **kw) -> pd.DataFrame:
+        return pq.read_table(self.src / f"{table}.parquet", **kw).to_pandas()
+
+    def rows(self, table: str, key: str, ids, columns: list[str] | None = None,
+             where: pc.Expression | None = None) -> pd.DataFrame:
+        """The rows of ``table`` whose ``key`` is one of ``ids``, in file order. The tables are sorted by user
+        and a child's ids rise with its parent's, so a batch of users reads about its own row groups."""
+        rows = selection(key, ids)
+        return self.read(table, columns=columns, filters=rows if where is None else rows & where)
 
     def load_users(self, users: list[int]) -> "_World":
         """Read the profile-level tables for these users only, into per-user plain Python facts (one
         dictionary lookup per query instead of pandas indexing, which cost ~0.2 ms a query)."""
         def read(table, **kw):
-            return self.read(table, filters=[("user_id", "in", users)], **kw)
+            return self.rows(table, "user_id", users, **kw)
 
         def lists(frame: pd.DataFrame, value) -> dict[int, list]:
             out: dict[int, list] = {}
@@ -156,10 +177,11 @@ class _World:
         return self.all_users
 
     def current_plans(self, users: list[int]) -> dict[int, dict]:
-        plans = self.read("workout_plans", filters=[("user_id", "in", users), ("is_current", "=", 1)])
-        days = self.read("plan_days", filters=[("plan_id", "in", plans["plan_id"].tolist())])
-        pex = self.read("plan_exercises", filters=[("plan_day_id", "in", days["plan_day_id"].tolist())])
-        sets = self.read("plan_sets", filters=[("plan_exercise_id", "in", pex["plan_exercise_id"].tolist())])
+        plans = self.rows("workout_plans", "user_id", users, where=pc.field("is_current") == 1)
+        days = self.rows("plan_days", "plan_id", plans["plan_id"])
+        pex = self.rows("plan_exercises", "plan_day_id", days["plan_day_id"])
+        sets = self.rows("plan_sets", "plan_exercise_id", pex["plan_exercise_id"],
+                         columns=["plan_exercise_id", "set_number", "target_reps", "target_rir", "rest_s"])
         per_ex = sets.sort_values(["plan_exercise_id", "set_number"]).groupby("plan_exercise_id").agg(
             sets=("set_number", "size"), reps=("target_reps", "first"), rir=("target_rir", "first"),
             rest_s=("rest_s", "first"))
@@ -184,10 +206,12 @@ class _World:
     def trends(self, users: list[int]) -> dict[int, list[dict]]:
         """Per user, the exercises with the clearest trend over the last TREND_WEEKS logged weeks."""
         window_start = pd.Timestamp(self.anchor) - pd.Timedelta(days=7 * TREND_WEEKS)
-        workouts = self.read("workouts", filters=[("user_id", "in", users)])
+        workouts = self.rows("workouts", "user_id", users, columns=["workout_id", "user_id", "performed_on"])
         workouts = workouts[pd.to_datetime(workouts["performed_on"]) >= window_start]
-        wex = self.read("workout_exercises", filters=[("workout_id", "in", workouts["workout_id"].tolist())])
-        wsets = self.read("workout_sets", filters=[("workout_exercise_id", "in", wex["workout_exercise_id"].tolist())])
+        wex = self.rows("workout_exercises", "workout_id", workouts["workout_id"],
+                        columns=["workout_exercise_id", "workout_id", "exercise_id"])
+        wsets = self.rows("workout_sets", "workout_exercise_id", wex["workout_exercise_id"],
+                          columns=["workout_exercise_id", "reps", "rir"])
         df = wsets.merge(wex, on="workout_exercise_id").merge(workouts, on="workout_id")
         df["week"] = (pd.to_datetime(df["performed_on"]) - window_start).dt.days // 7
         df["name"] = df["exercise_id"].map(self.exercise_names)
@@ -363,7 +387,7 @@ def _line(record: dict) -> bytes:
 
 
 CHUNK = 5_000  # queries a worker builds at a time (the unit the parts are stitched by)
-USER_BATCH = 20_000  # users whose workouts and plans are read and summarised at a time (memory stays flat)
+USER_BATCH = 20_000  # users whose tables are read and summarised at a time (memory stays flat)
 
 
 def _batches(users: list[int]) -> Iterator[list[int]]:
@@ -371,19 +395,51 @@ def _batches(users: list[int]) -> Iterator[list[int]]:
         yield users[start:start + USER_BATCH]
 
 
+class _Packed:
+    """JSON values by user, packed end to end in one buffer, found through numpy arrays of offsets. A lookup
+    writes to no per-user Python object (no reference count), so forked workers keep sharing these pages,
+    and a user costs its bytes and ~32 more rather than hundreds in dictionaries. With ``dedup`` a value is
+    stored once however many users have it (current plans: about a third are distinct)."""
+
+    def __init__(self, values: Iterator[dict[int, bytes]], dedup: bool = False):
+        data, users, starts, ends, seen = bytearray(), [], [], [], {}
+        for batch in values:
+            for user, value in batch.items():
+                start = seen.get(value)
+                if start is None:
+                    start = len(data)
+                    data += value
+                    if dedup:
+                        seen[value] = start
+                users.append(user)
+                starts.append(start)
+                ends.append(start + len(value))
+        self.users = np.array(users, dtype=np.int64)
+        self.starts, self.ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+        self.position = np.full(int(self.users.max(initial=0)) + 1, -1, dtype=np.int64)
+        self.position[self.users] = np.arange(len(users))
+        self.data = memoryview(data)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def get(self, user: int):
+        """The user's value, parsed (a fresh one each time); None for a user without one."""
+        i = self.position[user] if 0 <= user < len(self.position) else -1
+        return None if i < 0 else orjson.loads(self.data[self.starts[i]:self.ends[i]])
+
 
 @dataclass
 class _Plan:
     """Everything the queries are built from once the users are chosen. Ids are zero-padded to one width,
     so the order queries are built in is their sorted order."""
 
-    world: _World
     users: list[int]
     kinds: list[str]
     rng: np.random.Generator  # the stage's sequential generator, past the choice of users
-    # per user, as JSON bytes: one object each, so forked workers share these pages instead of copying them
-    plans: dict[int, bytes]
-    trends: dict[int, bytes]  # a list of ExerciseTrend fields
+    bases: _Packed  # per user, the facts a query starts from (``_World.base``)
+    plans: _Packed  # the current plan of each user with a plan modification or progress query
+    trends: _Packed  # a list of ExerciseTrend fields
     red_flag_share: float
     seed: int
     width: int
@@ -398,15 +454,14 @@ def _build_part(plan: _Plan, worker: int, workers: int, out: BinaryIO) -> tuple[
     batch: list[dict] = []
     start = out.tell()
     for i, (user, kind) in enumerate(zip(plan.users, plan.kinds), start=1):
-        b = plan.world.base(user)
-        current = plan.plans.get(user)
-        if ((i - 1) // CHUNK) % workers != worker:  # another worker's: only the draw (of these, only a change reads the plan)
-            draw_request(kind, b, plan.rng, plan.red_flag_share,
-                         orjson.loads(current) if kind == "plan_modification" and current is not None else None, None)
+        if ((i - 1) // CHUNK) % workers != worker:  # another worker's: only the draw, which these two kinds make
+            if kind == "plan_modification":
+                draw_request(kind, plan.bases.get(user), plan.rng, plan.red_flag_share, plan.plans.get(user), None)
+            elif kind == "safety_adjustment":
+                draw_request(kind, plan.bases.get(user), plan.rng, plan.red_flag_share, None, None)
             continue
-        trends = plan.trends.get(user)
-        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, None if current is None else orjson.loads(current),
-                             None if trends is None else orjson.loads(trends))
+        b = plan.bases.get(user)
+        drawn = draw_request(kind, b, plan.rng, plan.red_flag_share, plan.plans.get(user), plan.trends.get(user))
         q = finish_query(f"q{i:0{plan.width}d}", user, kind, b, drawn,
                          np.random.default_rng([plan.seed, PHRASING_STREAM, i]))
         rows[kind] += 1
@@ -473,23 +528,26 @@ def build_queries(ctx: RunContext) -> dict:
     # progress adaptation needs users with at least two logged weeks of some exercise
     n_prog = counts.get("progress_adaptation", 0)
     chosen = rng.choice(users_all, size=len(kinds), replace=len(kinds) > len(users_all))
-    trends: dict[int, bytes] = {}
+    trends = _Packed(iter(()))
     if n_prog:
         sample = sorted(set(rng.choice(users_all, size=min(len(users_all), max(4 * n_prog, 50)),
                                        replace=False).tolist()))
-        trends = {user: orjson.dumps(ts)
-                  for batch in _batches(sample) for user, ts in world.trends(batch).items()}
-        pool = np.array(sorted(trends))
+        trends = _Packed({user: orjson.dumps(ts) for user, ts in sorted(world.trends(batch).items())}
+                         for batch in _batches(sample))
+        pool = trends.users  # ascending, as each batch's users are added in order
         if len(pool) == 0:
             raise InputDataError("synthetic tables: no user has logged workouts to build progress queries from; "
                                  "raise synthetic.history_weeks or set queries.kind_mix.progress_adaptation to 0")
         prog = kinds == "progress_adaptation"
         chosen[prog] = rng.choice(pool, size=int(prog.sum()), replace=int(prog.sum()) > len(pool))
     needed = sorted(set(chosen.tolist()))
-    world.load_users(needed)
-    plans = {user: orjson.dumps(p) for batch in _batches(needed) for user, p in world.current_plans(batch).items()}
+    bases = _Packed({user: orjson.dumps(world.base(user)) for user in world.load_users(batch).facts}
+                    for batch in _batches(needed))
+    with_plan = sorted(set(chosen[np.isin(kinds, ["plan_modification", "progress_adaptation"])].tolist()))
+    plans = _Packed(({user: orjson.dumps(p) for user, p in world.current_plans(batch).items()}
+                     for batch in _batches(with_plan)), dedup=True)
 
-    plan = _Plan(world, chosen.tolist(), kinds.tolist(), rng, plans, trends, cfg.red_flag_share, ctx.params.seed,
+    plan = _Plan(chosen.tolist(), kinds.tolist(), rng, bases, plans, trends, cfg.red_flag_share, ctx.params.seed,
                  width=max(6, len(str(cfg.n_queries))))
     path = ctx.stage_dir(STAGE) / "queries.jsonl"
     n, rows, referrals = write_queries(path, plan, workers=available_cpus() if cfg.n_queries >= 2 * CHUNK else 1)

@@ -338,3 +338,49 @@ def test_query_lines_validate_the_batch_and_write_what_jsonl_line_writes(run):
     records[2]["constraints"]["days_per_week"] = 9
     with pytest.raises(StageError, match=rf"query {some[2].query_id}: invalid record: constraints.days_per_week"):
         query_lines(records)
+
+
+def test_batches_of_users_read_only_their_row_groups_and_build_the_same_file(run, tmp_path, monkeypatch):
+    """Tables in many row groups, users read 7 at a time: each batch's read skips the row groups outside its
+    users by their statistics, returns what filtering the whole table returns, and the file is unchanged."""
+    import pyarrow.dataset as ds
+
+    import fitsense.data.queries as stage
+
+    ctx, _ = run
+    other = _ctx(tmp_path)
+    folder = other.stage_dir("synthetic")
+    for path in sorted(ctx.stage_dir("synthetic").iterdir()):
+        if path.suffix == ".parquet":
+            pq.write_table(pq.read_table(path), folder / path.name, row_group_size=40)
+        else:
+            (folder / path.name).write_bytes(path.read_bytes())
+    world = stage._World(other)
+    users = [int(u) for u in world.user_ids()[30:37]]
+    for table, key, ids in (("profiles", "user_id", users), ("workout_plans", "user_id", users),
+                            ("plan_days", "plan_id", users)):
+        whole = pq.read_table(folder / f"{table}.parquet").to_pandas()
+        expected = whole[whole[key].isin(ids)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(world.rows(table, key, ids), expected)
+    fragment = next(iter(ds.dataset(folder / "daily_logs.parquet").get_fragments()))
+    kept = fragment.split_by_row_group(stage.selection("user_id", users))
+    theirs = sum(g.num_rows for f in kept[1:-1] for g in f.row_groups)  # the end groups may hold others' rows
+    assert theirs <= len(world.rows("daily_logs", "user_id", users)) and len(kept) < fragment.num_row_groups / 10
+
+    monkeypatch.setattr(stage, "USER_BATCH", 7)
+    build_queries(other)
+    written = other.require("queries", "queries.jsonl")
+    assert file_sha256(written) == file_sha256(ctx.require("queries", "queries.jsonl"))
+
+
+def test_packed_values_by_user():
+    """Values packed by user come back parsed, None for a user without one; dedup stores a value once."""
+    from fitsense.data.queries import _Packed
+
+    packed = _Packed(iter([{3: b'{"a":[1,2]}', 5: b"[]"}, {9: b'"x"'}]))
+    assert len(packed) == 3 and packed.users.tolist() == [3, 5, 9]
+    assert [packed.get(u) for u in (3, 5, 9)] == [{"a": [1, 2]}, [], "x"]
+    assert packed.get(3) is not packed.get(3)  # a fresh value each time: a query may change its own
+    assert packed.get(4) is None and packed.get(10) is None and _Packed(iter(())).get(1) is None
+    shared = _Packed(iter([{1: b"[1]", 2: b"[2]"}, {4: b"[1]"}]), dedup=True)
+    assert [shared.get(u) for u in (1, 2, 4)] == [[1], [2], [1]] and len(shared.data) == 6
