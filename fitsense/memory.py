@@ -29,13 +29,14 @@ class RowCost:
 
 
 # Peak memory per row at 300k queries and 120k users (bench_data_scale.py; forked workers included, as the
-# sum of their proportional set sizes), less BASE_BYTES, rounded up ~15%: synthetic 1.0 GB (users are drawn
-# and written 25k at a time: what still grows is the planner's plan cache, bounded at 200k plans), queries 4.0 GB
-# (parent and two workers), teacher 0.9 GB (flat: it streams 10k queries at a time), dataset 2.5 GB (compact
-# columns and the MinHash index of the kept examples), quality 7.9 GB.
+# sum of their proportional set sizes), less BASE_BYTES, rounded up ~15%: synthetic 1.0 GB (users drawn and
+# written 25k at a time; what still grows is the planner's plan cache, bounded at 200k plans), queries 0.9 GB
+# (parent and two workers: a batch reads only its users' row groups, per-user facts packed in one buffer),
+# teacher 0.9 GB (flat: it streams 10k queries at a time), dataset 2.5 GB (compact columns and the MinHash
+# index of the kept examples), quality 7.9 GB.
 STAGE_ROW_COSTS: dict[str, RowCost] = {
     "synthetic": RowCost("synthetic.n_users", 4_500),
-    "queries": RowCost("queries.n_queries", 13_000),
+    "queries": RowCost("queries.n_queries", 2_000),
     "teacher": RowCost("queries.n_queries", 1_500),
     "dataset": RowCost("queries.n_queries", 7_500),
     "quality": RowCost("queries.n_queries", 28_000),
