@@ -28,3 +28,26 @@ def test_chunked_frame_equals_one_frame_and_names_a_bad_line_past_the_first_chun
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputDataError, match=r"queries\.jsonl:6: invalid record"):
         tables.chunked_frame(path, tables.queries_frame)
+
+
+def test_audit_reads_queries_as_far_as_the_teacher_records_need(tmp_path):
+    """The audit joins each teacher record to its query reading the queries alongside: records out of
+    the queries' order, or without a query, give the same audit as a lookup in all queries."""
+    import random
+
+    from dq_factories import make_ctx, write_inputs
+
+    from fitsense.runs import read_jsonl
+
+    ctx = make_ctx(tmp_path)
+    write_inputs(ctx, n_users=12, per_user=2, seed=3)
+    queries = read_jsonl(ctx.stage_dir("queries") / "queries.jsonl")
+    records = read_jsonl(ctx.stage_dir("teacher") / "records.jsonl")
+    in_order = tables.audit_frame(records, queries)
+    assert len(in_order) == sum(r["status"] == "ok" for r in records) > 10
+    shuffled = records[:]
+    random.Random(0).shuffle(shuffled)
+    by_id = tables.audit_frame(shuffled, queries).set_index("query_id").sort_index()
+    pd.testing.assert_frame_equal(by_id, in_order.set_index("query_id").sort_index())
+    orphan = {**records[0], "query_id": "no-such-query"}
+    assert len(tables.audit_frame([orphan, *records[1:]], queries)) == len(in_order) - (records[0]["status"] == "ok")

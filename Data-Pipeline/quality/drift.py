@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy import stats as sstats
 
+from fitsense.data.quality.parquet import ParquetTable, value_counts
 from fitsense.errors import ConfigError
 from fitsense.runs import read_json
 
@@ -57,25 +59,47 @@ def _chi2(expected_counts: np.ndarray, actual_counts: np.ndarray) -> float | Non
     return float(sstats.chisquare(actual_counts, exp).pvalue)
 
 
+def _open_edges(hist: dict) -> np.ndarray:
+    edges = np.array(hist["edges"], dtype=float)
+    return np.concatenate([[-np.inf], edges[1:-1], [np.inf]])
+
+
+def _numeric_result(ref: dict, actual: np.ndarray, mean: float) -> dict:
+    expected = np.array(ref["histogram"]["counts"], dtype=float)
+    return {"type": "numeric", "psi": round(psi(expected, actual.astype(float)), 4),
+            "chi2_pvalue": _chi2(expected, actual.astype(float)),
+            "reference_mean": ref.get("describe", {}).get("mean"), "current_mean": mean}
+
+
 def _numeric_drift(ref: dict, values: pd.Series) -> dict | None:
     hist = ref.get("histogram")
     values = pd.to_numeric(values, errors="coerce").dropna().astype(float)
     if not hist or values.empty:
         return None
-    edges = np.array(hist["edges"], dtype=float)
-    open_edges = np.concatenate([[-np.inf], edges[1:-1], [np.inf]])
-    actual, _ = np.histogram(values, bins=open_edges)
-    expected = np.array(hist["counts"], dtype=float)
-    return {"type": "numeric", "psi": round(psi(expected, actual.astype(float)), 4),
-            "chi2_pvalue": _chi2(expected, actual.astype(float)),
-            "reference_mean": ref.get("describe", {}).get("mean"), "current_mean": float(values.mean())}
+    actual, _ = np.histogram(values, bins=_open_edges(hist))
+    return _numeric_result(ref, actual, float(values.mean()))
 
 
-def _categorical_drift(ref: dict, values: pd.Series) -> dict | None:
+def _streamed_numeric_drift(ref: dict, table: ParquetTable, col: str) -> dict | None:
+    """``_numeric_drift`` of a big table's column, a batch at a time: binned counts and the sum add up."""
+    hist = ref.get("histogram")
+    if not hist or not (pa.types.is_integer(table.arrow_type(col)) or pa.types.is_floating(table.arrow_type(col))):
+        return None
+    actual, total, n = np.zeros(len(hist["counts"]), dtype=np.int64), 0.0, 0
+    for batch in table.arrow_batches([col]):
+        values = batch.column(0).to_numpy(zero_copy_only=False).astype(float)
+        values = values[~np.isnan(values)]
+        actual += np.histogram(values, bins=_open_edges(hist))[0]
+        total, n = total + float(values.sum()), n + len(values)
+    return _numeric_result(ref, actual, total / n) if n else None
+
+
+def _categorical_drift(ref: dict, values: pd.Series | tuple[ParquetTable, str]) -> dict | None:
     ref_counts = ref.get("value_counts")
     if ref_counts is None:
         return None
-    current = values.dropna().astype(str).value_counts()
+    current = (pd.Series(value_counts(*values), dtype="int64") if isinstance(values, tuple)
+               else values.dropna().astype(str).value_counts())
     cats = sorted(set(ref_counts) | set(current.index))
     expected = np.array([ref_counts.get(c, 0) for c in cats], dtype=float)
     actual = np.array([int(current.get(c, 0)) for c in cats], dtype=float)
@@ -86,18 +110,23 @@ def _categorical_drift(ref: dict, values: pd.Series) -> dict | None:
             "share_shift": dict(sorted(shifts.items(), key=lambda kv: -abs(kv[1]))[:10])}
 
 
-def compute_drift(reference_stats: dict, frames: dict[str, pd.DataFrame], threshold: float) -> dict:
+def compute_drift(reference_stats: dict, frames: dict[str, pd.DataFrame | ParquetTable], threshold: float) -> dict:
     columns: list[dict] = []
     for artifact, frame in frames.items():
         ref_art = reference_stats.get(artifact)
         if not ref_art:
             continue
+        streamed = isinstance(frame, ParquetTable) and not frame.small
         for col, ref_col in ref_art.get("columns", {}).items():
             if _skip(col) or col not in frame.columns:
                 continue
             kind = ref_col.get("kind")
-            res = (_numeric_drift(ref_col, frame[col]) if kind == "numeric"
-                   else _categorical_drift(ref_col, frame[col]) if kind == "categorical" else None)
+            if streamed:  # a big synthetic table: one column, a batch at a time
+                res = (_streamed_numeric_drift(ref_col, frame, col) if kind == "numeric"
+                       else _categorical_drift(ref_col, (frame, col)) if kind == "categorical" else None)
+            else:
+                res = (_numeric_drift(ref_col, frame[col]) if kind == "numeric"
+                       else _categorical_drift(ref_col, frame[col]) if kind == "categorical" else None)
             if res is None:
                 continue
             res.update(artifact=artifact, column=col, drifted=res["psi"] > threshold)

@@ -26,10 +26,13 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from fitsense.catalogue import EQUIPMENT_TIERS
+from fitsense.data.quality.parquet import ParquetTable, key_arrays, strictly_increasing
 from fitsense.data.queries import age_band
 from fitsense.records import QUERY_KINDS, SLICE_TAGS, Profile, QueryContext
 from fitsense.runs import write_json
@@ -45,6 +48,7 @@ DATE_TYPES = ["date", "datetime", "Timestamp", "datetime64[ns]", "datetime64[us]
 SCHEMA_SQL = Path(__file__).resolve().parents[2] / "database" / "schema.sql"
 MAX_EXAMPLES = 5
 MAX_INLINE_SET = 500  # larger foreign-key id sets are checked through a helper column
+UNIQUE_TYPES = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
 
 
 def _literal(model, name: str) -> list[str]:
@@ -67,9 +71,17 @@ SLICE_VALUES: dict[str, list[str]] = {
 @dataclass
 class Suite:
     name: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # the data validated; for a big table, its first batch (it sets the expectations)
     id_columns: list[str]  # identify offending records in failure messages
     expectations: list  # great_expectations.expectations.Expectation
+    # A big synthetic table is validated a batch at a time: each batch of ``source`` after ``prepare``
+    # (which adds the helper columns) and its key uniqueness over all rows at once.
+    source: ParquetTable | None = None
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+
+    @property
+    def batched(self) -> bool:
+        return self.source is not None and not self.source.small
 
 
 # --------------------------------------------------------------------------- schema.sql
@@ -124,38 +136,63 @@ def parse_schema(path: Path = SCHEMA_SQL) -> dict[str, TableSchema]:
         db.close()
 
 
-def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSchema], anchor_date=None) -> list[Suite]:
+def _in_sorted(values: pd.Series, ids: np.ndarray) -> pd.Series:
+    """``values.isin(ids)`` for sorted numeric ids by binary search: no hash table of a big id set per batch."""
+    v = values.to_numpy()
+    if len(ids) == 0 or v.dtype.kind not in "iuf" or ids.dtype.kind not in "iuf":
+        return values.isin(ids)
+    pos = np.searchsorted(ids, v).clip(max=len(ids) - 1)
+    return pd.Series(ids[pos] == v, index=values.index)
+
+
+def _with_helpers(frame: pd.DataFrame, fk_helpers: list[tuple[str, str, np.ndarray]], anchor_date) -> pd.DataFrame:
+    """Helper columns that turn foreign keys and derived ages into plain column expectations."""
+    for col, helper, ids in fk_helpers:
+        frame[helper] = frame[col].isna() | _in_sorted(frame[col], ids)
+    if anchor_date is not None:
+        # the schema stores birth dates; ages must fit the profile contract on the synthetic "today"
+        birth = pd.to_datetime(frame["birth_date"], errors="coerce")
+        frame["age_years"] = ((pd.Timestamp(anchor_date) - birth).dt.days // 365.25).astype("float")
+    return frame
+
+
+def synthetic_suites(tables: dict[str, ParquetTable], schema: dict[str, TableSchema], anchor_date=None) -> list[Suite]:
     import great_expectations.expectations as gxe
 
     age_range = (Profile.model_fields["age"].metadata[0].ge, Profile.model_fields["age"].metadata[1].le)
+    parent_ids: dict[tuple[str, str], np.ndarray] = {}  # compact, sorted: shared by every child table
 
     suites = []
     for name, spec in schema.items():
-        frame = tables.get(name)
-        if frame is None:
+        table = tables.get(name)
+        if table is None:
             continue
         crit = {"severity": CRITICAL}
-        frame = frame.copy()
-        fk_exps = []
+        fk_exps, fk_helpers = [], []
         for col, parent, parent_col in spec.foreign_keys:
-            parent_frame = tables.get(parent)
-            if parent_frame is None or col not in frame.columns:
+            parent_table = tables.get(parent)
+            if parent_table is None or col not in table.columns:
                 continue
             meta = {**crit, "foreign_key": f"{parent}.{parent_col}"}
-            ids = parent_frame[parent_col].dropna().unique()
+            if (parent, parent_col) not in parent_ids:
+                parent_ids[parent, parent_col] = np.sort(parent_table[parent_col].dropna().unique())
+            ids = parent_ids[parent, parent_col]
             if len(ids) <= MAX_INLINE_SET:
-                fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=sorted(ids.tolist()), meta=meta))
+                fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=ids.tolist(), meta=meta))
             else:  # a big id set would bloat the suite and Data Docs: check membership in a helper column
                 helper = f"fk_{col}_in_{parent}"
-                frame[helper] = frame[col].isna() | frame[col].isin(ids)
+                fk_helpers.append((col, helper, ids))
                 fk_exps.append(gxe.ExpectColumnValuesToBeInSet(column=helper, value_set=[True], meta=meta))
         extra_exps = []
-        if name == "profiles" and anchor_date is not None and "birth_date" in frame.columns:
-            # the schema stores birth dates; ages must fit the profile contract on the synthetic "today"
-            birth = pd.to_datetime(frame["birth_date"], errors="coerce")
-            frame["age_years"] = ((pd.Timestamp(anchor_date) - birth).dt.days // 365.25).astype("float")
+        ages = anchor_date if name == "profiles" and anchor_date is not None and "birth_date" in table.columns else None
+        if ages is not None:
             extra_exps.append(gxe.ExpectColumnValuesToBeBetween(column="age_years", min_value=age_range[0],
                                                                 max_value=age_range[1], meta=crit))
+
+        def prepare(frame, fk_helpers=fk_helpers, ages=ages):
+            return _with_helpers(frame.copy(), fk_helpers, ages)
+
+        frame = prepare(next(table.batches()))  # a big table: its first batch decides the dtype-driven expectations
         helpers = [c for c in frame.columns if c not in spec.columns]
         exps = [gxe.ExpectTableColumnsToMatchSet(column_set=list(spec.columns) + helpers, exact_match=True,
                                                  meta=crit)]
@@ -188,8 +225,35 @@ def synthetic_suites(tables: dict[str, pd.DataFrame], schema: dict[str, TableSch
             exps.append(gxe.ExpectColumnMeanToBeBetween(column="height_cm", min_value=150, max_value=190,
                                                         meta={"severity": WARNING}))
         ids = spec.primary_key or list(spec.columns)[:1]
-        suites.append(Suite(f"synthetic.{name}", frame, ids, exps))
+        suites.append(Suite(f"synthetic.{name}", frame, ids, exps, source=table, prepare=prepare))
     return suites
+
+
+def whole_table_unique(table: ParquetTable, columns: list[str], id_columns: list[str]) -> dict:
+    """GX's uniqueness result for ``columns`` over every row of a big table. Rows already in strictly
+    increasing key order (as the generator writes them) are unique: one pass over the key columns, a
+    batch at a time; otherwise the key columns are read whole to find the duplicated rows."""
+    previous = None
+    for batch in table.arrow_batches(columns):
+        arrays = key_arrays(batch, columns)
+        if arrays is None:
+            break
+        if previous is not None:
+            arrays = [np.concatenate([p, a]) for p, a in zip(previous, arrays)]
+        if not strictly_increasing(arrays):
+            break
+        previous = [a[-1:] for a in arrays]
+    else:
+        return {"element_count": table.num_rows, "missing_count": 0, "unexpected_count": 0,
+                "partial_unexpected_index_list": []}
+    frame = table.frame_of(list(dict.fromkeys([*columns, *id_columns])))
+    present = frame[columns].notna().all(axis=1)
+    duplicated = present & frame.duplicated(subset=columns, keep=False)
+    examples = frame.loc[duplicated, list(dict.fromkeys([*columns, *id_columns]))].head(MAX_EXAMPLES)
+    return {"element_count": int(len(frame)), "missing_count": int((~present).sum()),
+            "unexpected_count": int(duplicated.sum()),
+            "partial_unexpected_index_list": [{k: str(v) for k, v in row.items()}
+                                              for row in examples.to_dict(orient="records")]}
 
 
 # --------------------------------------------------------------------------- record suites
@@ -357,6 +421,87 @@ def _describe_failure(suite: Suite, cfg: dict, result: dict, exception: str | No
     return msg, examples
 
 
+def _result(res) -> dict:
+    exception = (res.exception_info or {}).get("exception_message") if res.exception_info else None
+    return {"config": res.expectation_config.to_json_dict(), "success": bool(res.success),
+            "result": dict(res.result or {}), "exception": exception}
+
+
+def _merge_batch(merged: dict, frame: pd.DataFrame, results: list[dict]) -> None:
+    """Fold one batch's results into ``merged`` (by expectation id): unexpected counts add, the first
+    examples are kept, a mean is weighted by its batch's values, other aggregates must pass in every batch."""
+    for r in results:
+        acc = merged.setdefault(r["config"]["id"], {"config": r["config"], "success": True, "result": {},
+                                                    "exception": None, "aggregates_ok": True, "mean": [0.0, 0]})
+        acc["exception"] = acc["exception"] or r["exception"]
+        res, out = r["result"], acc["result"]
+        if "unexpected_count" in res:
+            for k in ("element_count", "missing_count", "unexpected_count"):
+                out[k] = out.get(k, 0) + int(res.get(k) or 0)
+            examples = out.get("partial_unexpected_index_list", []) + (res.get("partial_unexpected_index_list") or [])
+            out["partial_unexpected_index_list"] = examples[:MAX_EXAMPLES]
+        elif r["config"]["type"] == "expect_column_mean_to_be_between":
+            if res.get("observed_value") is not None:
+                n = int(frame[r["config"]["kwargs"]["column"]].notna().sum())
+                acc["mean"][0] += float(res["observed_value"]) * n
+                acc["mean"][1] += n
+        else:
+            if "observed_value" not in out or (acc["aggregates_ok"] and not r["success"]):
+                out.update({k: v for k, v in res.items() if k in ("observed_value", "details")})
+            acc["aggregates_ok"] &= r["success"]
+
+
+def _finish_batches(suite: Suite, merged: dict) -> list[dict]:
+    out = []
+    for acc in merged.values():
+        cfg, res = acc["config"], acc["result"]
+        kwargs = cfg["kwargs"]
+        success = acc["aggregates_ok"]
+        if cfg["type"] in UNIQUE_TYPES:  # per batch GX only sees duplicates inside a batch
+            columns = kwargs.get("column_list") or [kwargs["column"]]
+            res = whole_table_unique(suite.source, columns, [c for c in suite.id_columns if c not in columns])
+        if cfg["type"] == "expect_column_mean_to_be_between":
+            total, n = acc["mean"]
+            mean = total / n if n else None
+            res = {"observed_value": mean}
+            success = mean is not None and (kwargs.get("min_value") is None or mean >= kwargs["min_value"]) and (
+                kwargs.get("max_value") is None or mean <= kwargs["max_value"])
+        elif "unexpected_count" in res:
+            considered = res["element_count"] - res.get("missing_count", 0)
+            mostly = kwargs.get("mostly") if kwargs.get("mostly") is not None else 1.0
+            success = success and (res["unexpected_count"] == 0 if mostly >= 1 else
+                                   considered == 0 or (considered - res["unexpected_count"]) / considered >= mostly)
+        out.append({"config": cfg, "success": bool(success and not acc["exception"]), "result": res,
+                    "exception": acc["exception"]})
+    return out
+
+
+def _validate(vd, suite: Suite, result_format: dict) -> tuple[bool, list[dict], int]:
+    """(suite passed, one result per expectation, batches): the whole frame in one go, or a big table
+    batch by batch."""
+    if not suite.batched:
+        outcome = vd.run(batch_parameters={"dataframe": suite.frame}, result_format=result_format)
+        return bool(outcome.success), [_result(res) for res in outcome.results], 1
+    # A clean batch needs no counts: a pass/fail run is ~40% cheaper; a failing batch is rerun for its
+    # counts and examples. Means and "mostly" expectations need every batch's figures.
+    quick = not any(getattr(e, "mostly", None) not in (None, 1)
+                    or e.expectation_type == "expect_column_mean_to_be_between" for e in suite.expectations)
+    merged: dict[str, dict] = {}
+    batches = 0
+    for batch in suite.source.batches():
+        frame = suite.prepare(batch)
+        batches += 1
+        if quick:
+            outcome = vd.run(batch_parameters={"dataframe": frame}, result_format={"result_format": "BOOLEAN_ONLY"})
+            if outcome.success:
+                _merge_batch(merged, frame, [_result(res) for res in outcome.results])
+                continue
+        outcome = vd.run(batch_parameters={"dataframe": frame}, result_format=result_format)
+        _merge_batch(merged, frame, [_result(res) for res in outcome.results])
+    results = _finish_batches(suite, merged)
+    return all(r["success"] for r in results), results, batches
+
+
 def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
     """Validate every suite in one context; build Data Docs; return results and gate items."""
     import great_expectations as gx
@@ -387,20 +532,20 @@ def run_suites(suites: list[Suite], gx_dir: Path, docs_dir: Path) -> dict:
         gx_suite = context.suites.add(gx.ExpectationSuite(name=suite.name, expectations=suite.expectations))
         vd = context.validation_definitions.add(gx.ValidationDefinition(name=suite.name, data=batch, suite=gx_suite))
         id_cols = [c for c in suite.id_columns if c in suite.frame.columns]
-        outcome = vd.run(
-            batch_parameters={"dataframe": suite.frame},
-            result_format={"result_format": "SUMMARY", "unexpected_index_column_names": id_cols,
-                           "partial_unexpected_count": MAX_EXAMPLES},
-        )
-        entry = {"suite": suite.name, "success": bool(outcome.success), "rows": len(suite.frame),
-                 "evaluated": len(outcome.results), "failed": []}
-        for res in outcome.results:
-            if res.success:
+        success, outcome, batches = _validate(vd, suite, {
+            "result_format": "SUMMARY", "unexpected_index_column_names": id_cols,
+            "partial_unexpected_count": MAX_EXAMPLES})
+        entry = {"suite": suite.name, "success": success,
+                 "rows": suite.source.num_rows if suite.batched else len(suite.frame),
+                 "evaluated": len(outcome), "failed": []}
+        if suite.batched:  # every row checked, in batches; key uniqueness over the whole table
+            entry["batches"] = batches
+        for res in outcome:
+            if res["success"]:
                 continue
-            cfg = res.expectation_config.to_json_dict()
+            cfg = res["config"]
             severity = (cfg.get("meta") or {}).get("severity", CRITICAL)
-            exception = (res.exception_info or {}).get("exception_message") if res.exception_info else None
-            msg, examples = _describe_failure(suite, cfg, res.result or {}, exception)
+            msg, examples = _describe_failure(suite, cfg, res["result"], res["exception"])
             entry["failed"].append({"expectation": cfg["type"], "column": cfg["kwargs"].get("column"),
                                     "severity": severity, "message": msg, "examples": examples})
             (failures if severity == CRITICAL else warnings).append(msg)

@@ -115,6 +115,12 @@ def write_report(path: Path, *, run_id: str, dataset_run_id: str | None, gate: d
                       f"{sum(f['severity'] == 'warning' for f in s['failed'])}",
                       "ok" if not s["failed"] else "FAILED" if any(f["severity"] == "critical" for f in s["failed"])
                       else "warn"] for s in validation["suites"]])
+    batched = [s for s in validation["suites"] if s.get("batches")]
+    if batched:
+        lines += ["", "Every row of every table is validated. " + ", ".join(
+            f"{s['suite']} ({s['rows']:,} rows)" for s in batched) + " were validated a batch at a time "
+            f"({', '.join(str(s['batches']) for s in batched)} batches): row checks per batch, unexpected counts "
+            "added up, means weighted by rows, and key uniqueness over the whole table at once."]
     failed = [f for s in validation["suites"] for f in s["failed"]]
     if failed:
         lines += ["", *[f"- [{f['severity']}] {f['message']}" for f in failed[:30]]]
@@ -126,7 +132,10 @@ def write_report(path: Path, *, run_id: str, dataset_run_id: str | None, gate: d
     lines += ["## 3. Anomalies", "",
               f"{anomalies['n_flagged']} of {anomalies['records']} teacher records flagged "
               f"({anomalies['anomaly_rate']:.1%}; IsolationForest contamination {anomalies['contamination']}, "
-              f"{anomalies['isolation_forest_outliers']} forest outliers).", "",
+              f"{anomalies['isolation_forest_outliers']} forest outliers"
+              + (f"; the forest is fitted on a seeded sample of {anomalies['fit_rows']:,} records "
+                 "(`quality.anomaly_fit_sample`) and scores every record; the rules check every record"
+                 if anomalies["fit_rows"] < anomalies["records"] else "") + ").", "",
               *_table(["rule", "records"], [[k, v] for k, v in anomalies["rule_counts"].items()]), ""]
     lines += _table(["query_id", "forest", "reasons"],
                     [[r["query_id"], "yes" if r["isolation_forest"] else "", "; ".join(r["reasons"])]

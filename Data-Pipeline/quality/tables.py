@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fitsense.audit import RULE_NAMES, audit_answer, audit_passed
 from fitsense.constraints import check_answer
+from fitsense.data.quality.parquet import ParquetTable
 from fitsense.plan import AnswerParseError, CoachAnswer, parse_coach_answer
 from fitsense.records import SLICE_TAGS, CoachingQuery, QueryConstraints
 from fitsense.runs import RunContext, iter_jsonl
@@ -27,19 +28,19 @@ from fitsense.runs import RunContext, iter_jsonl
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-CHUNK_ROWS = 50_000  # records parsed per frame chunk: the raw JSON of a whole file is never held at once
+CHUNK_ROWS = 10_000  # records parsed per frame chunk: the raw JSON of a whole file is never held at once
 
 
 @dataclass
 class Tables:
-    synthetic: dict[str, pd.DataFrame] = field(default_factory=dict)
+    synthetic: dict[str, ParquetTable] = field(default_factory=dict)  # read on demand: big tables never whole
     queries: pd.DataFrame | None = None
     teacher: pd.DataFrame | None = None
     splits: pd.DataFrame | None = None
     audit: pd.DataFrame | None = None  # one row per answered teacher record: each coaching rule's verdict
     sources: dict[str, str] = field(default_factory=dict)  # artifact name -> file path
 
-    def artifacts(self) -> dict[str, pd.DataFrame]:
+    def artifacts(self) -> dict[str, pd.DataFrame | ParquetTable]:
         """Every frame by artifact name (``synthetic.users``, ``queries``, ``teacher``, ``splits``)."""
         out = {f"synthetic.{k}": v for k, v in self.synthetic.items()}
         for name in ("queries", "teacher", "splits"):
@@ -105,18 +106,36 @@ def teacher_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _query_lookup(query_rows: Iterable[dict]) -> Callable[[object], CoachingQuery | None]:
+    """The validated query of an id, reading ``query_rows`` only as far as needed. Teacher records come
+    in (nearly) the queries' order, so the queries read ahead and not yet asked for stay few. A query is
+    let go once asked for: a duplicated teacher record (a teacher-suite failure) is audited once."""
+    rows = iter(query_rows)
+    ahead: dict = {}  # read, not yet asked for: query id -> query (None: invalid, the query suite reports it)
+
+    def lookup(query_id):
+        while query_id not in ahead:
+            row = next(rows, None)
+            if row is None:
+                return None
+            try:
+                query = CoachingQuery.model_validate(row)
+            except ValidationError:
+                query = None
+            if ahead.get(row.get("query_id")) is None:  # an invalid duplicate does not hide a valid one
+                ahead[row.get("query_id")] = query
+        return ahead.pop(query_id)
+
+    return lookup
+
+
 def audit_frame(teacher_rows: Iterable[dict], query_rows: Iterable[dict]) -> pd.DataFrame:
     """The coaching-rule audit of every ok teacher answer: one column per rule (True, False, or None
     where the rule does not apply), the first failure's reason, and ``audit_passed``."""
-    queries = {}
-    for row in query_rows:
-        try:
-            queries[row.get("query_id")] = CoachingQuery.model_validate(row)
-        except ValidationError:
-            continue  # the query suite reports it
+    query_of = _query_lookup(query_rows)
     out = []
     for r in teacher_rows:
-        query = queries.get(r.get("query_id"))
+        query = query_of(r.get("query_id"))
         try:
             answer = CoachAnswer.model_validate(r["answer"]) if r.get("status") == "ok" else None
         except (ValidationError, KeyError, TypeError):
@@ -197,7 +216,7 @@ def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
         for name in schema_tables:
             path = synth / f"{name}.parquet"
             if path.exists():
-                tables.synthetic[name] = pd.read_parquet(path)
+                tables.synthetic[name] = ParquetTable(path)
                 tables.sources[f"synthetic.{name}"] = str(path)
 
     q_path = ctx.require("queries", "queries.jsonl")
