@@ -33,13 +33,14 @@ class RowCost:
 # written 25k at a time; what still grows is the planner's plan cache, bounded at 200k plans), queries 0.9 GB
 # (parent and two workers: a batch reads only its users' row groups, per-user facts packed in one buffer),
 # teacher 0.9 GB (flat: it streams 10k queries at a time), dataset 2.5 GB (compact columns and the MinHash
-# index of the kept examples), quality 7.9 GB.
+# index of the kept examples; 6.2 GB measured at 1M), quality 1.1 GB at 100k (big synthetic tables checked in
+# 500k-row batches; 2.7 GB for the 142.5M synthetic rows of 400k users).
 STAGE_ROW_COSTS: dict[str, RowCost] = {
     "synthetic": RowCost("synthetic.n_users", 4_500),
     "queries": RowCost("queries.n_queries", 2_000),
     "teacher": RowCost("queries.n_queries", 1_500),
     "dataset": RowCost("queries.n_queries", 7_500),
-    "quality": RowCost("queries.n_queries", 28_000),
+    "quality": RowCost("queries.n_queries", 5_000),
 }
 
 
