@@ -139,3 +139,21 @@ def write_inputs(ctx: RunContext, n_users: int = 40, per_user: int = 3, seed: in
     write_jsonl(ctx.stage_dir("queries") / "queries.jsonl", queries)
     write_jsonl(ctx.stage_dir("teacher") / "records.jsonl", records)
     return queries, records
+
+
+REAL_CHAIN = {"synthetic.n_users": 40, "queries.n_queries": 90}
+
+
+def build_real_chain(root: Path, run_id: str) -> tuple[RunContext, dict]:
+    """The real upstream stages on a small world (synthetic -> queries -> offline teacher -> dataset):
+    the context and the dataset stage's summary, ready for the quality stage."""
+    from fitsense.data.dataset import build_distillation_dataset
+    from fitsense.data.queries import build_queries
+    from fitsense.data.synthetic import generate_synthetic_data
+    from fitsense.data.teacher.capture import capture_teacher_responses
+
+    ctx = make_ctx(root, run_id=run_id, **REAL_CHAIN, **{"teacher.cache_dir": str(root / "teacher-cache")})
+    generate_synthetic_data(ctx)
+    build_queries(ctx)
+    capture_teacher_responses(ctx)
+    return ctx, build_distillation_dataset(ctx)

@@ -8,35 +8,25 @@ import shutil
 
 import pandas as pd
 import pytest
-from dq_factories import make_ctx
+from dq_factories import REAL_CHAIN, build_real_chain, make_ctx
 
-from fitsense.data.dataset import build_distillation_dataset
 from fitsense.data.quality import parquet
 from fitsense.data.quality.stage import DataQualityError, run_data_quality
 
-OVERRIDES = {"synthetic.n_users": 40, "queries.n_queries": 90}
 SMALL_BATCH = 700  # workout_sets (~7k rows) in ~10 batches, daily_logs in 2, the small tables whole
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from fitsense.data.queries import build_queries
-    from fitsense.data.synthetic import generate_synthetic_data
-    from fitsense.data.teacher.capture import capture_teacher_responses
-
     root = tmp_path_factory.mktemp("quality_batches")
-    ctx = make_ctx(root, run_id="whole", **OVERRIDES, **{"teacher.cache_dir": str(root / "teacher-cache")})
-    generate_synthetic_data(ctx)
-    build_queries(ctx)
-    capture_teacher_responses(ctx)
-    build_distillation_dataset(ctx)
+    ctx, _ = build_real_chain(root, "whole")
     run_data_quality(ctx)
     return root, ctx
 
 
 def _copy(root, ctx, run_id: str, **overrides):
     shutil.copytree(ctx.run_dir, root / "artifacts" / run_id, ignore=shutil.ignore_patterns("quality"))
-    return make_ctx(root, run_id=run_id, **OVERRIDES, **overrides)
+    return make_ctx(root, run_id=run_id, **REAL_CHAIN, **overrides)
 
 
 def _read(ctx, name: str) -> dict:

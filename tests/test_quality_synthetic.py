@@ -7,26 +7,16 @@ import shutil
 
 import pandas as pd
 import pytest
-from dq_factories import make_ctx
+from dq_factories import REAL_CHAIN, build_real_chain, make_ctx
 
-from fitsense.data.dataset import build_distillation_dataset
 from fitsense.data.quality.stage import DataQualityError, run_data_quality
 
-OVERRIDES = {"synthetic.n_users": 40, "queries.n_queries": 90}
 
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
-    from fitsense.data.queries import build_queries
-    from fitsense.data.synthetic import generate_synthetic_data
-    from fitsense.data.teacher.capture import capture_teacher_responses
-
     root = tmp_path_factory.mktemp("quality_real")
-    ctx = make_ctx(root, run_id="real", **OVERRIDES, **{"teacher.cache_dir": str(root / "teacher-cache")})
-    generate_synthetic_data(ctx)
-    build_queries(ctx)
-    capture_teacher_responses(ctx)
-    dataset = build_distillation_dataset(ctx)
+    ctx, dataset = build_real_chain(root, "real")
     return root, ctx, dataset, run_data_quality(ctx)
 
 
@@ -45,7 +35,7 @@ def test_real_upstream_passes_schema_suites(real_run):
 def test_corrupt_synthetic_tables_fail_naming_rows(real_run):
     root, ctx, _, _ = real_run
     shutil.copytree(ctx.run_dir, root / "artifacts" / "bad", ignore=shutil.ignore_patterns("quality"))
-    bad = make_ctx(root, run_id="bad", **OVERRIDES)
+    bad = make_ctx(root, run_id="bad", **REAL_CHAIN)
     synth = bad.stage_dir("synthetic")
 
     profiles = pd.read_parquet(synth / "profiles.parquet")
