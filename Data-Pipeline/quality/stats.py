@@ -30,6 +30,17 @@ def _clean(value):
     return value
 
 
+def _histogram(values) -> dict:
+    counts, edges = np.histogram(values, bins=HIST_BINS)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _categories(counts: pd.Series, n: int) -> dict:
+    """The categorical summary from value counts (text -> rows, in the order given) of ``n`` non-null values."""
+    return {"kind": "categorical", "value_counts": {str(k): int(v) for k, v in counts.items()},
+            "shares": {str(k): round(float(v) / max(n, 1), 6) for k, v in counts.items()}}
+
+
 def column_stats(series: pd.Series) -> dict:
     nulls = int(series.isna().sum())
     out: dict = {"dtype": str(series.dtype), "count": int(series.size - nulls), "nulls": nulls}
@@ -38,17 +49,13 @@ def column_stats(series: pd.Series) -> dict:
         desc = values.astype(float).describe()
         out["kind"] = "numeric"
         out["describe"] = {k: _clean(v) for k, v in desc.items()}
-        counts, edges = np.histogram(values.astype(float), bins=HIST_BINS)
-        out["histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+        out["histogram"] = _histogram(values.astype(float))
         return out
     as_text = values.map(lambda v: v if isinstance(v, (str, bool)) else str(v))
     nunique = int(as_text.nunique())
     out["unique"] = nunique
     if nunique <= MAX_CATEGORIES:
-        counts = as_text.astype(str).value_counts()
-        out["kind"] = "categorical"
-        out["value_counts"] = {str(k): int(v) for k, v in counts.items()}
-        out["shares"] = {str(k): round(float(v) / max(len(values), 1), 6) for k, v in counts.items()}
+        out.update(_categories(as_text.astype(str).value_counts(), len(values)))
     else:
         lengths = as_text.astype(str).str.len()
         out["kind"] = "text"
@@ -112,8 +119,7 @@ def big_column_stats(table: ParquetTable, name: str) -> dict:
         if len(values):
             out["kind"] = "numeric"
             out["describe"] = {k: _clean(v) for k, v in _describe(values).items()}
-            counts, edges = np.histogram(values, bins=HIST_BINS)
-            out["histogram"] = {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+            out["histogram"] = _histogram(values)
             return out
         return {**out, "unique": 0, "kind": "categorical", "value_counts": {}, "shares": {}}
     counts = pd.Series(value_counts(table, name), dtype="int64")
@@ -121,10 +127,7 @@ def big_column_stats(table: ParquetTable, name: str) -> dict:
     nulls = table.num_rows - n
     out = {"dtype": _pandas_dtype(kind, nulls > 0), "count": n, "nulls": nulls, "unique": len(counts)}
     if len(counts) <= MAX_CATEGORIES:
-        counts = counts.sort_values(ascending=False)
-        out["kind"] = "categorical"
-        out["value_counts"] = {str(k): int(v) for k, v in counts.items()}
-        out["shares"] = {str(k): round(float(v) / max(n, 1), 6) for k, v in counts.items()}
+        out.update(_categories(counts.sort_values(ascending=False), n))
     else:
         lengths = pd.Series(counts.to_numpy()).groupby(counts.index.str.len().to_numpy()).sum()
         out["kind"] = "text"
