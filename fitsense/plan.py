@@ -24,6 +24,7 @@ import re
 from functools import lru_cache
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -177,13 +178,27 @@ def extract_json_text(text: str) -> str:
     raise AnswerParseError("truncated JSON: unbalanced braces")
 
 
+def _bare_object(text: str) -> dict | None:
+    """The response parsed whole when it is nothing but one JSON object (a teacher's answer, a guided
+    one): what ``extract_json_text`` would find, without its scan. None: take the general path."""
+    if text[:1] != "{" or text[-1:] != "}" or "```" in text or "</think>" in text.lower():
+        return None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def parse_coach_answer(text: str) -> CoachAnswer:
     """Parse a raw model response into a validated CoachAnswer or raise AnswerParseError."""
-    raw = extract_json_text(text)
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AnswerParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+    data = _bare_object(text)
+    if data is None:
+        raw = extract_json_text(text)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise AnswerParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
     try:
         return CoachAnswer.model_validate(data)
     except ValidationError as exc:

@@ -191,6 +191,15 @@ def describe_invalid(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads``, through orjson (~3x faster) where it can: on what orjson refuses (NaN, integers
+    beyond 64 bits, lone surrogates, bad JSON) the json module decides, with its own error message."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def iter_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> Iterator:
     """Yield JSON lines one at a time (memory stays flat); a bad line raises ``InputDataError``
     naming the file and line number."""
@@ -199,7 +208,7 @@ def iter_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> Iterat
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads_json(line)
                 yield model.model_validate(obj) if model else obj
             except (ValueError, ValidationError) as exc:  # json or pydantic: report where
                 raise InputDataError(f"{path}:{lineno}: invalid record: {describe_invalid(exc)}") from None
@@ -213,7 +222,7 @@ def read_jsonl(path: str | Path, model: type[BaseModel] | None = None) -> list:
 def read_json(path: str | Path) -> Any:
     """Read one JSON document; a corrupt file raises ``InputDataError`` naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return loads_json(Path(path).read_text(encoding="utf-8"))
     except ValueError as exc:
         raise InputDataError(f"{path}: {describe_invalid(exc)}") from None
 

@@ -192,6 +192,33 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         read_jsonl(path)
 
 
+def test_jsonl_reads_what_the_json_module_reads(tmp_path):
+    """Lines go through orjson where it can; what it refuses (NaN, integers beyond 64 bits, lone
+    surrogates) the json module reads, and a bad line keeps the json module's message."""
+    path = tmp_path / "records.jsonl"
+    rows = [{"a": 1.5, "s": "é\u2028"}, {"x": float("nan"), "inf": float("inf")}, {"big": 2**70},
+            {"lone": "\ud800"}, {"b": [1, {"c": None}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read = read_jsonl(path)
+    assert read[1]["x"] != read[1]["x"] and read[1]["inf"] == float("inf")
+    assert [read[0], read[2], read[3], read[4]] == [rows[0], rows[2], rows[3], rows[4]]
+    path.write_text('{"a": 1}\n{"a": 1,}\n')
+    with pytest.raises(ValueError, match=r"records\.jsonl:2: invalid record: not valid JSON \(Expecting"):
+        read_jsonl(path)
+
+
+def test_bare_and_wrapped_answers_parse_alike():
+    """A response that is only the JSON object takes the fast path; wrapped, fenced or with a reasoning
+    block it takes the scan: the same answer either way."""
+    text = CoachAnswer.model_validate(_answer()).to_json()
+    bare = parse_coach_answer(text)
+    assert parse_coach_answer(f"```json\n{text}\n```") == bare == parse_coach_answer(f" {text}\n")
+    other = json.dumps(_answer(plan_name="Inner"))
+    assert parse_coach_answer(f"<THINK>{other}</think>{text}") == bare
+    with pytest.raises(AnswerParseError, match="invalid JSON"):
+        parse_coach_answer('{"plan_name": "x",}')
+
+
 def test_manifest_records_hashes_and_rows(tmp_path):
     ctx = RunContext.create(load_params(None, {"run.artifacts_dir": str(tmp_path)}), "r1")
     out = ctx.stage_dir("queries") / "queries.jsonl"

@@ -13,7 +13,7 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 from pydantic import ValidationError
@@ -78,14 +78,19 @@ def queries_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def teacher_frame(rows: list[dict]) -> pd.DataFrame:
+def record_answer(record: dict) -> CoachAnswer | None:
+    """A teacher record's answer validated, or None (the teacher suite reports an invalid one)."""
+    answer = record.get("answer")
+    try:
+        return CoachAnswer.model_validate(answer) if isinstance(answer, dict) else None
+    except ValidationError:
+        return None
+
+
+def teacher_frame(rows: list[dict], answers: list[CoachAnswer | None] | None = None) -> pd.DataFrame:
+    """One row per teacher record; ``answers`` (``record_answer`` of each row) when already parsed."""
     out = []
-    for r in rows:
-        answer = r.get("answer")
-        try:
-            parsed = CoachAnswer.model_validate(answer) if isinstance(answer, dict) else None
-        except ValidationError:
-            parsed = None
+    for r, parsed in zip(rows, answers if answers is not None else map(record_answer, rows)):
         n_days, n_ex, n_sets = _plan_size(parsed)
         status = r.get("status")
         out.append({
@@ -97,7 +102,7 @@ def teacher_frame(rows: list[dict]) -> pd.DataFrame:
             "answer_chars": len(r.get("response_text") or ""),
             # status "ok" must come with a schema-valid answer, "failed" with a reason and no answer
             "status_consistent": (status == "ok" and parsed is not None)
-            or (status == "failed" and answer is None and bool(r.get("failure_reason"))),
+            or (status == "failed" and r.get("answer") is None and bool(r.get("failure_reason"))),
             "answer_referral": bool(parsed and parsed.safety.referral_required),
             "n_days": n_days,
             "n_exercises": n_ex,
@@ -129,24 +134,28 @@ def _query_lookup(query_rows: Iterable[dict]) -> Callable[[object], CoachingQuer
     return lookup
 
 
-def audit_frame(teacher_rows: Iterable[dict], query_rows: Iterable[dict]) -> pd.DataFrame:
-    """The coaching-rule audit of every ok teacher answer: one column per rule (True, False, or None
-    where the rule does not apply), the first failure's reason, and ``audit_passed``."""
-    query_of = _query_lookup(query_rows)
-    out = []
-    for r in teacher_rows:
+AUDIT_COLUMNS = ["query_id", "kind", *RULE_NAMES, "audit_passed", "audit_failure"]
+
+
+def audit_rows(pairs: Iterable[tuple[dict, CoachAnswer | None]], query_of: Callable) -> Iterator[dict]:
+    """The audit row of each (teacher record, its ``record_answer``) whose answer is ok and whose query
+    ``query_of`` (a ``_query_lookup``) finds."""
+    for r, parsed in pairs:
         query = query_of(r.get("query_id"))
-        try:
-            answer = CoachAnswer.model_validate(r["answer"]) if r.get("status") == "ok" else None
-        except (ValidationError, KeyError, TypeError):
-            answer = None  # the teacher suite reports it
+        answer = parsed if r.get("status") == "ok" else None
         if answer is None or query is None:
             continue
         results = audit_answer(answer, query)
         failed = next((f"{x.rule}: {x.reason}" for x in results if x.passed is False), None)
-        out.append({"query_id": query.query_id, "kind": query.kind, **{x.rule: x.passed for x in results},
-                    "audit_passed": audit_passed(results), "audit_failure": failed})
-    return pd.DataFrame(out, columns=["query_id", "kind", *RULE_NAMES, "audit_passed", "audit_failure"])
+        yield {"query_id": query.query_id, "kind": query.kind, **{x.rule: x.passed for x in results},
+               "audit_passed": audit_passed(results), "audit_failure": failed}
+
+
+def audit_frame(teacher_rows: Iterable[dict], query_rows: Iterable[dict]) -> pd.DataFrame:
+    """The coaching-rule audit of every ok teacher answer: one column per rule (True, False, or None
+    where the rule does not apply), the first failure's reason, and ``audit_passed``."""
+    pairs = ((r, record_answer(r)) for r in teacher_rows)
+    return pd.DataFrame(list(audit_rows(pairs, _query_lookup(query_rows))), columns=AUDIT_COLUMNS)
 
 
 def _check_split_answer(messages, constraints) -> tuple[bool, bool, int]:
@@ -208,6 +217,19 @@ def chunked_frame(path: Path, build: Callable[[list[dict]], pd.DataFrame]) -> pd
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
 
 
+def _teacher_and_audit_frames(t_path: Path, q_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The teacher frame and the audit frame from one read of the records, each answer validated once."""
+    query_of = _query_lookup(iter_jsonl(q_path))
+    records = iter_jsonl(t_path)
+    teacher, audit = [], []
+    while batch := list(itertools.islice(records, CHUNK_ROWS)):
+        answers = [record_answer(r) for r in batch]
+        teacher.append(teacher_frame(batch, answers))
+        audit.extend(audit_rows(zip(batch, answers), query_of))
+    frame = pd.concat(teacher, ignore_index=True) if len(teacher) > 1 else teacher[0] if teacher else teacher_frame([])
+    return frame, pd.DataFrame(audit, columns=AUDIT_COLUMNS)
+
+
 def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
     tables = Tables()
     run = ctx.run_dir
@@ -223,8 +245,7 @@ def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
     tables.queries = chunked_frame(q_path, queries_frame)
     tables.sources["queries"] = str(q_path)
     t_path = ctx.require("teacher", "records.jsonl")
-    tables.teacher = chunked_frame(t_path, teacher_frame)
-    tables.audit = audit_frame(iter_jsonl(t_path), iter_jsonl(q_path))  # streamed: raw records are not kept
+    tables.teacher, tables.audit = _teacher_and_audit_frames(t_path, q_path)
     tables.sources["teacher"] = str(t_path)
     parts = []
     for s in SPLITS:
