@@ -87,10 +87,10 @@ def record_answer(record: dict) -> CoachAnswer | None:
         return None
 
 
-def teacher_frame(rows: list[dict], answers: list[CoachAnswer | None] | None = None) -> pd.DataFrame:
-    """One row per teacher record; ``answers`` (``record_answer`` of each row) when already parsed."""
+def teacher_frame(rows: list[dict], answers: list[CoachAnswer | None]) -> pd.DataFrame:
+    """One row per teacher record, given ``record_answer`` of each."""
     out = []
-    for r, parsed in zip(rows, answers if answers is not None else map(record_answer, rows)):
+    for r, parsed in zip(rows, answers):
         n_days, n_ex, n_sets = _plan_size(parsed)
         status = r.get("status")
         out.append({
@@ -220,14 +220,14 @@ def chunked_frame(path: Path, build: Callable[[list[dict]], pd.DataFrame]) -> pd
 def _teacher_and_audit_frames(t_path: Path, q_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The teacher frame and the audit frame from one read of the records, each answer validated once."""
     query_of = _query_lookup(iter_jsonl(q_path))
-    records = iter_jsonl(t_path)
-    teacher, audit = [], []
-    while batch := list(itertools.islice(records, CHUNK_ROWS)):
+    audit: list[dict] = []
+
+    def build(batch: list[dict]) -> pd.DataFrame:
         answers = [record_answer(r) for r in batch]
-        teacher.append(teacher_frame(batch, answers))
         audit.extend(audit_rows(zip(batch, answers), query_of))
-    frame = pd.concat(teacher, ignore_index=True) if len(teacher) > 1 else teacher[0] if teacher else teacher_frame([])
-    return frame, pd.DataFrame(audit, columns=AUDIT_COLUMNS)
+        return teacher_frame(batch, answers)
+
+    return chunked_frame(t_path, build), pd.DataFrame(audit, columns=AUDIT_COLUMNS)
 
 
 def load_tables(ctx: RunContext, schema_tables: list[str]) -> Tables:
