@@ -185,7 +185,7 @@ class TrainingConfig(_Section):
     # auto = bf16 mixed precision on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
-    max_steps: int = Field(default=90, ge=-1)  # -1 = run num_epochs
+    max_steps: int = Field(default=300, ge=-1)  # -1 = run num_epochs
     num_epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=2, ge=1)
     grad_accum: int = Field(default=1, ge=1)
